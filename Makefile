@@ -1,0 +1,36 @@
+# Two commands set everything up: `make run` and `make test`.
+# Both create .venv when it is missing and reuse it afterwards; the install
+# re-runs only when pyproject.toml changes.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+CONFIG ?= configs/quickstart.yaml
+PYTEST_ARGS ?=
+
+.PHONY: run test test-fast bench services clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PY) -m pip install -e ".[test]"
+	touch $@
+
+run: $(VENV)/.installed
+	$(VENV)/bin/ganflow run --config $(CONFIG)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed
+	$(PY) -m benchmarks.run
+
+services: $(VENV)/.installed
+	$(VENV)/bin/ganflow services
+
+clean:
+	rm -rf .ganflow

@@ -1,0 +1,213 @@
+"""The one typed configuration of a ganflow run.
+
+It is validated once, at the edge (CLI or flow parameters), and then passed
+around whole. Unknown keys are errors, so a typo never silently falls back to
+a default. Secrets never live here: S3 credentials come from the standard
+boto3 chain (environment, profile, instance role).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased as one line that names the fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    source: str = Field("s3://ganflow-demo/mnist/", description="s3://bucket/prefix holding the images")
+    endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, Ceph...); None = AWS or AWS_ENDPOINT_URL")
+    region: str | None = Field(None, description="S3 region; None = the boto3 default chain")
+    embedded_server: Literal["auto", "always", "never"] = Field(
+        "auto", description="start a local S3-compatible server seeded with a sample data set "
+        "(auto: only when no endpoint and no AWS credentials are configured)")
+    seed_dataset: Literal["mnist", "digits"] = Field("mnist", description="sample data the embedded server is seeded with")
+    processed_uri: str = Field(".ganflow/datasets", description="where versioned shards are written")
+    cache_dir: str = Field(".ganflow/cache", description="local download cache, keyed by object ETag")
+    resolution: int = Field(32, description="output side length in pixels (power of two, 16..256)")
+    channels: Literal[1, 3] = Field(1, description="1 = grayscale, 3 = RGB; inputs are converted")
+    small_images: Literal["upscale", "skip"] = Field("upscale", description="policy for images smaller than the resolution")
+    max_pixels: int = Field(64_000_000, gt=0, description="decompression-bomb limit per image")
+    max_images: int | None = Field(None, gt=0, description="use at most this many objects (by key order)")
+    shard_size: int = Field(4096, gt=0, description="images per uint8 shard")
+    download_workers: int = Field(16, gt=0, le=256)
+
+    @field_validator("source")
+    @classmethod
+    def _s3_uri(cls, v: str) -> str:
+        if not v.startswith("s3://") or len(v) <= 5 or v[5] == "/":
+            raise ValueError(f"must look like s3://bucket/prefix, got {v!r}")
+        return v
+
+    @field_validator("resolution")
+    @classmethod
+    def _power_of_two(cls, v: int) -> int:
+        if v < 16 or v > 256 or v & (v - 1):
+            raise ValueError(f"must be a power of two between 16 and 256, got {v}")
+        return v
+
+
+class ModelConfig(_Section):
+    architecture: Literal["dcgan"] = "dcgan"
+    z_dim: int = Field(64, gt=0, description="latent size")
+    g_width: int = Field(32, gt=0, description="generator channels at the last hidden layer (DCGAN's ngf)")
+    d_width: int = Field(32, gt=0, description="discriminator channels at the first layer (DCGAN's ndf)")
+    d_norm: Literal["batch", "spectral", "none"] = Field("batch", description="normalisation in D")
+
+
+class TrainConfig(_Section):
+    num_workers: int = Field(2, gt=0, description="Ray Train workers")
+    use_gpu: bool = False
+    resources_per_worker: dict[str, float] = Field(default_factory=dict, description="e.g. {CPU: 4, GPU: 1}")
+    batch_size: int = Field(64, gt=0, description="per-worker batch; global batch = batch_size * num_workers")
+    steps: int = Field(1500, gt=0, description="optimisation steps in total (resumes never add more)")
+    lr_g: float = Field(2e-4, gt=0)
+    lr_d: float = Field(2e-4, gt=0)
+    lr_scaling: Literal["none", "linear", "sqrt"] = Field(
+        "none", description="how learning rates follow the global batch relative to base_batch")
+    base_batch: int = Field(64, gt=0, description="global batch at which lr_g/lr_d apply as given")
+    beta1: float = Field(0.5, ge=0, lt=1)
+    beta2: float = Field(0.999, ge=0, lt=1)
+    ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA of G; ramped up during the first steps")
+    seed: int = 0
+    checkpoint_every: int = Field(250, gt=0)
+    keep_checkpoints: int = Field(2, gt=0)
+    log_every: int = Field(50, gt=0)
+    max_failures: int = Field(2, ge=0, description="worker restarts from the latest checkpoint")
+    storage_path: str = Field(".ganflow/ray_results", description="Ray Train storage (local path)")
+    threads_per_worker: int | None = Field(None, gt=0, description="torch threads per CPU worker; None = CPUs per worker")
+
+    def lr_scale(self) -> float:
+        ratio = self.batch_size * self.num_workers / self.base_batch
+        return {"none": 1.0, "linear": ratio, "sqrt": ratio ** 0.5}[self.lr_scaling]
+
+
+class EvalConfig(_Section):
+    fid_weights: str = Field(
+        "auto", description="standard | auto | random | a path or s3:// URI of the 2015-12-05 Inception weights")
+    n_generated: int = Field(256, gt=1)
+    n_reference: int = Field(256, gt=1, description="reference images from the data set (capped at its size)")
+    batch_size: int = Field(32, gt=0)
+    kid_subset_size: int = Field(100, gt=1)
+    kid_subsets: int = Field(50, gt=0)
+    grid_size: int = Field(64, gt=0, description="images in the logged sample grid")
+    seed: int = 1234
+    output_dir: str = Field(".ganflow/eval", description="sample grids and exported generators")
+
+
+class RegistryConfig(_Section):
+    tracking_uri: str | None = Field(None, description="None = MLFLOW_TRACKING_URI or SQLite under .ganflow")
+    experiment: str = "ganflow"
+    model_name: str = "ganflow-generator"
+    promote: bool = Field(True, description="set @champion when better, else @challenger")
+
+
+class GanflowConfig(_Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "GanflowConfig":
+        if self.eval.kid_subset_size > min(self.eval.n_generated, self.eval.n_reference):
+            raise ValueError(
+                f"eval.kid_subset_size ({self.eval.kid_subset_size}) must not exceed "
+                f"eval.n_generated and eval.n_reference")
+        return self
+
+    def training_identity(self) -> str:
+        """Hash of everything that changes what training produces.
+
+        Runtime knobs (where checkpoints go, how often, how many failures are
+        tolerated) are left out so that changing them still resumes the run.
+        """
+        train = self.train.model_dump(exclude={
+            "storage_path", "checkpoint_every", "keep_checkpoints", "log_every", "max_failures",
+            "resources_per_worker", "threads_per_worker", "use_gpu"})
+        payload = {"model": self.model.model_dump(), "train": train,
+                   "data": {"resolution": self.data.resolution, "channels": self.data.channels}}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. --set train.steps=500")
+    key, raw = item.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if len(path) < 2:
+        raise ConfigError(f"--set {item!r}: the key must name a section and a field, e.g. train.steps")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return path, value
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "config"
+    if first["type"] == "extra_forbidden":
+        return f"unknown config key '{where}': check the spelling against the configuration reference in README.md"
+    msg = first["msg"].removeprefix("Value error, ")
+    return f"invalid config value for '{where}': {msg}"
+
+
+def build_config(raw: dict | None = None, overrides: list[str] | tuple[str, ...] = ()) -> GanflowConfig:
+    """Validate a raw mapping plus `section.key=value` overrides into a config."""
+    data: dict = json.loads(json.dumps(raw or {}))  # deep copy, plain types only
+    if not isinstance(data, dict):
+        raise ConfigError("the config file must hold a mapping with sections data, model, train, eval, registry")
+    for item in overrides:
+        path, value = _parse_override(item)
+        node = data
+        for part in path[:-1]:
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"--set {item!r}: '{part}' is not a section")
+            node = nxt
+        node[path[-1]] = value
+    try:
+        return GanflowConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> GanflowConfig:
+    raw: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} not found: pass an existing YAML file to --config")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML{where}: fix the syntax") from None
+    return build_config(raw, overrides)
+
+
+def to_yaml(cfg: GanflowConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def flat_params(cfg: GanflowConfig) -> dict[str, str]:
+    """`section.key -> value` strings, for MLflow params (nothing secret is in the config)."""
+    out: dict[str, str] = {}
+    for section, values in cfg.model_dump(mode="json").items():
+        for key, value in values.items():
+            out[f"{section}.{key}"] = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+    return out

@@ -1,0 +1,152 @@
+"""Inception-v3 pool features for FID/KID, through torch-fidelity.
+
+torch-fidelity's `FeatureExtractorInceptionV3` is the TF-ported network with
+the TF1-compatible bilinear resize to 299x299, i.e. the features behind
+published FIDs; we use it rather than keep our own port. This module adds:
+
+- resolving the standard 2015-12-05 weights (torch hub cache, else download);
+- seeded random weights for smoke tests, with BatchNorm statistics
+  re-estimated on reference images so the features do not collapse;
+- the weights' sha256, which is part of every FID's protocol.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+STANDARD_FILE = "weights-inception-2015-12-05-6726825d.pth"
+STANDARD_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" + STANDARD_FILE
+STANDARD_HASH_PREFIX = "6726825d"
+FEATURE_DIM = 2048
+
+
+class WeightsUnavailable(RuntimeError):
+    """The requested Inception weights cannot be had; the message says how to provide them."""
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def standard_weights_path(download: bool = True) -> Path:
+    """The TF-ported 2015-12-05 weights from the torch hub cache, downloading them if allowed."""
+    target = Path(torch.hub.get_dir()) / "checkpoints" / STANDARD_FILE
+    if target.is_file():
+        return target
+    how = (f"put {STANDARD_FILE} into {target.parent} (or set TORCH_HOME), or set eval.fid_weights "
+           f"to a path or s3:// URI of that file")
+    if not download:
+        raise WeightsUnavailable(f"standard Inception weights not found in the torch hub cache: {how}")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(STANDARD_URL, str(target), hash_prefix=None, progress=False)
+    except Exception as err:  # no network, proxy, TLS...: all end the same way
+        target.unlink(missing_ok=True)
+        raise WeightsUnavailable(
+            f"cannot download the standard Inception weights ({type(err).__name__}): {how}") from None
+    if not sha256_file(target).startswith(STANDARD_HASH_PREFIX):
+        target.unlink(missing_ok=True)
+        raise WeightsUnavailable(f"the downloaded Inception weights failed their hash check: {how}")
+    return target
+
+
+def _extractor_class():
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+    return FeatureExtractorInceptionV3
+
+
+def make_random_weights(path: str | Path, seed: int = 0) -> Path:
+    """Write seeded, randomly initialised Inception-v3 weights (smoke tests only)."""
+    base = _extractor_class()
+
+    class _Unloaded(base):  # type: ignore[misc, valid-type]
+        def load_state_dict(self, state_dict, strict=True, assign=False):  # keep the random init
+            if state_dict:
+                return super().load_state_dict(state_dict, strict, assign)
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    empty = path.with_suffix(".empty.pth")
+    torch.save({}, empty)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = _Unloaded("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(empty))
+    empty.unlink()
+    tmp = path.with_suffix(".tmp")
+    torch.save(net.state_dict(), tmp)
+    tmp.replace(path)
+    return path
+
+
+class InceptionFeatures:
+    """uint8 images (N, C, H, W), any size, 1 or 3 channels -> float32 (N, 2048) pool features."""
+
+    def __init__(self, weights_path: str | Path, device: str | torch.device = "cpu", batch_size: int = 32):
+        self.weights_path = Path(weights_path)
+        self.device, self.batch_size = torch.device(device), batch_size
+        try:
+            net = _extractor_class()("inception-v3-compat", ["2048"],
+                                     feature_extractor_weights_path=str(self.weights_path))
+        except (RuntimeError, KeyError, EOFError, OSError) as err:
+            raise WeightsUnavailable(
+                f"{self.weights_path} is not a usable Inception-v3 weights file ({type(err).__name__}): "
+                f"provide {STANDARD_FILE}") from None
+        self.net: nn.Module = net.to(self.device)
+
+    @staticmethod
+    def _rgb(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        x = torch.as_tensor(images)
+        if x.dtype != torch.uint8 or x.dim() != 4:
+            raise ValueError("expected uint8 images shaped (N, C, H, W)")
+        return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+    @torch.no_grad()
+    def __call__(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
+        x = self._rgb(images)
+        out = [self.net(x[i:i + self.batch_size].to(self.device))[0].float().cpu()
+               for i in range(0, len(x), self.batch_size)]
+        return torch.cat(out).numpy() if out else np.zeros((0, FEATURE_DIM), np.float32)
+
+    @torch.no_grad()
+    def calibrate_batchnorm(self, batches: Iterable[np.ndarray]) -> None:
+        """Re-estimate every BatchNorm's statistics as a cumulative average over `batches`.
+
+        With random weights the activations drift layer by layer until the
+        pool features are nearly constant (FID ~1e-14 between different
+        sets); normalising with statistics of real images keeps them
+        informative.
+        """
+        bns = [m for m in self.net.modules() if isinstance(m, nn.BatchNorm2d)]
+        saved = [m.momentum for m in bns]
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative moving average
+            m.train()
+        for batch in batches:
+            x = self._rgb(batch)
+            for i in range(0, len(x), self.batch_size):
+                self.net(x[i:i + self.batch_size].to(self.device))
+        for m, mom in zip(bns, saved):
+            m.momentum = mom
+        self.net.eval()
+
+    def save_weights(self, path: str | Path) -> Path:
+        path = Path(path)
+        tmp = path.with_suffix(".tmp")
+        torch.save(self.net.state_dict(), tmp)
+        tmp.replace(path)
+        return path
+

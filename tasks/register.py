@@ -1,0 +1,184 @@
+"""Step 4, register: one MLflow run, a new model version, and the promotion decision.
+
+Idempotent: the run is keyed by the training checkpoint, so retrying this
+task (or re-running the flow on a finished training run) finds the run and
+its version instead of creating a second one, and re-applies the decision.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from importlib import metadata
+from pathlib import Path
+
+from gan_model.checkpoint import load_checkpoint
+from gan_model.config import GanflowConfig, RegistryConfig, flat_params, to_yaml
+from tasks.types import DatasetVersion, EvalResult, PipelineError, Registration, TrainResult
+
+log = logging.getLogger("ganflow.register")
+
+DEFAULT_STATE = Path(".ganflow")
+PYFUNC_FILE = Path(__file__).with_name("pyfunc_generator.py")
+GAN_MODEL_DIR = Path(__file__).resolve().parent.parent / "gan_model"
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+def tracking_uri(reg: RegistryConfig) -> str:
+    """The config's URI, else MLFLOW_TRACKING_URI, else SQLite in the project-local state folder."""
+    uri = reg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    DEFAULT_STATE.mkdir(exist_ok=True)
+    return f"sqlite:///{(DEFAULT_STATE / 'mlflow.db').resolve()}"
+
+
+def _client(reg: RegistryConfig):
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = tracking_uri(reg)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient(uri, uri)
+    try:
+        exp = client.get_experiment_by_name(reg.experiment)
+    except Exception as err:  # unreachable server, bad URI, auth...
+        raise PipelineError(f"cannot reach the MLflow tracking server at {uri} ({type(err).__name__}): "
+                            f"check MLFLOW_TRACKING_URI or registry.tracking_uri") from None
+    if exp is None:
+        location = None
+        if uri.startswith("sqlite:///") and not reg.tracking_uri and not os.environ.get("MLFLOW_TRACKING_URI"):
+            location = (DEFAULT_STATE / "mlartifacts").resolve().as_uri()
+        exp_id = client.create_experiment(reg.experiment, artifact_location=location)
+    else:
+        exp_id = exp.experiment_id
+    return client, exp_id, uri
+
+
+def _q(value: str) -> str:
+    return value.replace("'", "\\'")
+
+
+def _log_run(client, run_id: str, cfg: GanflowConfig, dataset: DatasetVersion, trained: TrainResult,
+             evaluation: EvalResult) -> None:
+    import mlflow
+    from mlflow.entities import Metric, Param
+
+    params = [Param(k, v[:6000]) for k, v in flat_params(cfg).items()]
+    for i in range(0, len(params), 100):
+        client.log_batch(run_id, params=params[i:i + 100])
+    history = load_checkpoint(trained.checkpoint_uri).get("history", [])
+    metrics = [Metric(f"train/{k}", float(v), 0, int(m["step"])) for m in history for k, v in m.items()
+               if k != "step"]
+    metrics += [Metric(k, float(getattr(evaluation, k)), 0, trained.steps) for k in ("fid", "kid", "kid_std")]
+    for i in range(0, len(metrics), 900):
+        client.log_batch(run_id, metrics=metrics[i:i + 900])
+    client.log_artifact(run_id, evaluation.sample_grid, "samples")
+    client.log_text(run_id, to_yaml(cfg), "config.yaml")
+    client.log_dict(run_id, evaluation.protocol, "fid_protocol.json")
+    client.log_dict(run_id, dataset.model_dump(), "dataset.json")
+    with mlflow.start_run(run_id=run_id):
+        try:
+            from mlflow.data.meta_dataset import MetaDataset
+            from mlflow.data.dataset_source_registry import resolve_dataset_source
+            mlflow.log_input(MetaDataset(resolve_dataset_source(cfg.data.source), name=cfg.data.source,
+                                         digest=dataset.version), context="training")
+        except Exception as err:  # lineage is nice to have, never worth failing a run for
+            log.warning("could not log the dataset input: %s", err)
+    client.set_tag(run_id, "ganflow.logged", "1")
+
+
+def _log_model(run_id: str, cfg: GanflowConfig, evaluation: EvalResult):
+    import mlflow
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
+
+    r, c = cfg.data.resolution, cfg.data.channels
+    signature = ModelSignature(inputs=Schema([ColSpec("long", "seed")]),
+                               outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, r, r, c))]))
+    reqs = [f"{p}=={metadata.version(p)}" for p in ("mlflow", "torch", "numpy", "pillow", "pydantic", "pyyaml")]
+    with mlflow.start_run(run_id=run_id):
+        return mlflow.pyfunc.log_model(
+            name="generator", python_model=str(PYFUNC_FILE), artifacts={"generator": evaluation.generator_path},
+            code_paths=[str(GAN_MODEL_DIR)], signature=signature, pip_requirements=reqs)
+
+
+def _decide(client, name: str, version: str, evaluation: EvalResult, promote: bool) -> tuple[str, str]:
+    from mlflow.exceptions import MlflowException
+
+    if not promote:
+        return "", "registry.promote is false: no alias set"
+    try:
+        champ = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return CHAMPION, "no champion yet"
+    if champ.version == version:
+        return CHAMPION, "already the champion"
+    champ_fid = float(champ.tags.get("ganflow.fid", "inf"))
+    if champ.tags.get("ganflow.protocol_key") != evaluation.protocol["key"]:
+        return CHALLENGER, (f"not comparable with champion v{champ.version} (evaluated under another protocol: "
+                            f"data set, weights or sample counts differ); compare and use `ganflow promote`")
+    if evaluation.fid < champ_fid:
+        return CHAMPION, f"FID {evaluation.fid:.4g} beats champion v{champ.version}'s {champ_fid:.4g}"
+    return CHALLENGER, f"FID {evaluation.fid:.4g} does not beat champion v{champ.version}'s {champ_fid:.4g}"
+
+
+def set_alias(client, name: str, version: str, alias: str) -> None:
+    client.set_registered_model_alias(name, alias, version)
+    if alias == CHAMPION:  # one version should not be champion and challenger at once
+        try:
+            if client.get_model_version_by_alias(name, CHALLENGER).version == version:
+                client.delete_registered_model_alias(name, CHALLENGER)
+        except Exception:
+            pass
+
+
+def register_generator(cfg: GanflowConfig, dataset: DatasetVersion, trained: TrainResult,
+                       evaluation: EvalResult, flow_run_id: str | None = None) -> Registration:
+    import mlflow
+
+    reg = cfg.registry
+    client, exp_id, uri = _client(reg)
+    name = reg.model_name
+
+    # 1. Find or create the run for this checkpoint (the idempotency key).
+    runs = client.search_runs([exp_id], filter_string=f"tags.`ganflow.checkpoint` = '{_q(trained.checkpoint_uri)}'",
+                              max_results=1)
+    if runs:
+        run_id = runs[0].info.run_id
+    else:
+        tags = {"ganflow.checkpoint": trained.checkpoint_uri, "ganflow.dataset_version": dataset.version,
+                "ganflow.train_run": trained.run_name}
+        if flow_run_id:
+            tags["prefect.flow_run_id"] = flow_run_id
+        run_id = client.create_run(exp_id, run_name=trained.run_name, tags=tags).info.run_id
+    run = client.get_run(run_id)
+    if run.data.tags.get("ganflow.logged") != "1":
+        _log_run(client, run_id, cfg, dataset, trained, evaluation)
+
+    # 2. One registered version per run.
+    versions = client.search_model_versions(f"name='{_q(name)}' and run_id='{run_id}'")
+    if versions:
+        version = str(versions[0].version)
+    else:
+        info = _log_model(run_id, cfg, evaluation)
+        mv = mlflow.register_model(info.model_uri, name, tags={
+            "ganflow.fid": repr(evaluation.fid), "ganflow.kid": repr(evaluation.kid),
+            "ganflow.protocol_key": evaluation.protocol["key"],
+            "ganflow.fid_comparable": str(evaluation.comparable).lower(),
+            "ganflow.weights_sha256": evaluation.protocol["weights_sha256"],
+            "ganflow.dataset_version": dataset.version, "ganflow.run_id": run_id})
+        version = str(mv.version)
+    if run.info.status != "FINISHED":
+        client.set_terminated(run_id, "FINISHED")
+
+    # 3. Promote only when better under the same protocol.
+    alias, reason = _decide(client, name, version, evaluation, reg.promote)
+    if alias:
+        set_alias(client, name, version, alias)
+    client.set_model_version_tag(name, version, "ganflow.decision", reason)
+    log.info("registered %s v%s -> %s (%s)", name, version, alias or "no alias", reason)
+    return Registration(model_name=name, model_version=version, alias=alias, mlflow_run_id=run_id,
+                        reason=reason, tracking_uri=uri)

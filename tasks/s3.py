@@ -1,0 +1,76 @@
+"""boto3 against any S3-compatible endpoint, with errors turned into one line.
+
+Credentials, profile and region come from the standard boto3 chain; only the
+endpoint URL and region may be given by the config. Nothing here logs them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+from tasks.types import PipelineError
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    if not uri.startswith("s3://"):
+        raise PipelineError(f"{uri!r} is not an s3:// URI: use s3://bucket/prefix")
+    bucket, _, prefix = uri[5:].partition("/")
+    if not bucket:
+        raise PipelineError(f"{uri!r} names no bucket: use s3://bucket/prefix")
+    return bucket, prefix
+
+
+def make_client(endpoint_url: str | None = None, region: str | None = None, max_pool: int = 16):
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        retries={"mode": "standard", "max_attempts": 4},
+        max_pool_connections=max_pool,
+        connect_timeout=5,
+        read_timeout=60,
+    )
+    return boto3.session.Session().client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
+
+
+def describe_endpoint(endpoint_url: str | None) -> str:
+    return endpoint_url or "the default AWS S3 endpoint"
+
+
+@contextlib.contextmanager
+def s3_errors(what: str, uri: str, endpoint_url: str | None) -> Iterator[None]:
+    """Translate boto errors raised inside the block into a PipelineError with the fix."""
+    from botocore.exceptions import (ClientError, EndpointConnectionError, NoCredentialsError,
+                                     ConnectTimeoutError, PartialCredentialsError, ReadTimeoutError)
+
+    where = describe_endpoint(endpoint_url)
+    try:
+        yield
+    except ClientError as err:
+        code = err.response.get("Error", {}).get("Code", "")
+        status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code in ("NoSuchBucket",) or (code == "404" and what == "list"):
+            raise PipelineError(f"bucket of {uri} does not exist at {where}: create it or fix data.source") from None
+        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"):
+            raise PipelineError(f"S3 rejected the credentials ({code}) at {where}: check AWS_ACCESS_KEY_ID / "
+                                f"AWS_SECRET_ACCESS_KEY or AWS_PROFILE") from None
+        if code in ("AccessDenied", "AllAccessDisabled") or status == 403:
+            raise PipelineError(f"access denied to {uri} at {where}: grant s3:ListBucket and s3:GetObject "
+                                f"to these credentials") from None
+        raise PipelineError(f"S3 {what} of {uri} failed at {where}: {code or status} "
+                            f"{err.response.get('Error', {}).get('Message', '')}".rstrip()) from None
+    except (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError) as err:
+        raise PipelineError(f"cannot reach the S3 endpoint {where} after retries ({type(err).__name__}): "
+                            f"check data.endpoint_url and that the server is up") from None
+    except (NoCredentialsError, PartialCredentialsError):
+        raise PipelineError(f"no S3 credentials found for {where}: set AWS_ACCESS_KEY_ID and "
+                            f"AWS_SECRET_ACCESS_KEY, or AWS_PROFILE") from None
+
+
+def download_file(uri: str, dest, endpoint_url: str | None = None, region: str | None = None):
+    """Fetch one object to a local file (used for staged weights files)."""
+    bucket, key = parse_s3_uri(uri)
+    with s3_errors("download", uri, endpoint_url):
+        make_client(endpoint_url, region).download_file(bucket, key, str(dest))
+    return dest

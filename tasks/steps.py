@@ -1,0 +1,50 @@
+"""The Prefect tasks: each step's function with its retry policy.
+
+A `PipelineError` is a problem the user must fix (missing bucket, bad
+credentials, invalid weights file): retrying cannot help, so it is not
+retried. Anything else (a lost worker, a flaky endpoint) is.
+"""
+
+from __future__ import annotations
+
+from prefect import task
+
+from gan_model.config import GanflowConfig
+from tasks.types import DatasetVersion, EvalResult, PipelineError, Registration, TrainResult
+
+
+def _retry_unless_user_error(task, task_run, state) -> bool:
+    try:
+        state.result()
+    except PipelineError:
+        return False
+    except Exception:
+        return True
+    return False
+
+
+@task(name="ingest", retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_unless_user_error)
+def ingest(cfg: GanflowConfig) -> DatasetVersion:
+    from tasks.ingest import ingest_dataset
+    return ingest_dataset(cfg.data)
+
+
+@task(name="train", retries=1, retry_delay_seconds=5, retry_condition_fn=_retry_unless_user_error)
+def train(cfg: GanflowConfig, dataset: DatasetVersion) -> TrainResult:
+    # A retry re-creates the trainer with the same run name: it resumes from
+    # the latest checkpoint rather than starting over.
+    from tasks.train import train_gan
+    return train_gan(cfg, dataset)
+
+
+@task(name="evaluate", retries=1, retry_delay_seconds=5, retry_condition_fn=_retry_unless_user_error)
+def evaluate(cfg: GanflowConfig, dataset: DatasetVersion, trained: TrainResult) -> EvalResult:
+    from tasks.evaluate import evaluate_generator
+    return evaluate_generator(cfg, dataset, trained)
+
+
+@task(name="register", retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_unless_user_error)
+def register(cfg: GanflowConfig, dataset: DatasetVersion, trained: TrainResult, evaluation: EvalResult,
+             flow_run_id: str | None = None) -> Registration:
+    from tasks.register import register_generator
+    return register_generator(cfg, dataset, trained, evaluation, flow_run_id)

@@ -1,0 +1,131 @@
+"""Step 2, train: the plain training loop run by Ray Train's TorchTrainer.
+
+Each worker trains on its own disjoint share of the shards; G and D are
+wrapped by Ray's `prepare_model` (DDP over gloo on CPU, NCCL on GPU);
+metrics and checkpoints go through `ray.train.report` into
+`RunConfig(storage_path, name)`. The run is named after the data set version
+and the training config hash, so a retried task or a re-run of the flow
+resumes from that run's latest checkpoint instead of starting over.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from gan_model.config import GanflowConfig
+from tasks.types import DatasetVersion, PipelineError, TrainResult
+
+log = logging.getLogger("ganflow.train")
+
+# Test-only fault injection: "STEP" makes rank 1 (or rank 0 alone) die hard once at that step.
+FAULT_ENV = "GANFLOW_TEST_KILL_AT_STEP"
+
+
+def run_name(cfg: GanflowConfig, dataset: DatasetVersion) -> str:
+    return f"ganflow-{dataset.version}-{cfg.training_identity()}"
+
+
+def _train_worker(config: dict) -> None:
+    """Runs on every Ray Train worker."""
+    import torch
+    import ray.train
+    from ray.train.torch import prepare_model
+
+    from gan_model.checkpoint import load_checkpoint
+    from gan_model.shards import ShardedImages
+    from gan_model.training import Hooks, RankData, train
+
+    cfg = GanflowConfig.model_validate(config["cfg"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    cpus = cfg.train.threads_per_worker or int(cfg.train.resources_per_worker.get("CPU", 1))
+    torch.set_num_threads(max(1, cpus))
+    device = ray.train.torch.get_device()
+
+    resume = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            resume = load_checkpoint(folder)
+        print(f"[ganflow] rank {rank}: resuming from step {resume['step']}", flush=True)
+
+    def report(metrics: dict, checkpoint_dir: str | None) -> None:
+        ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=ckpt)
+        if rank == 0 and "loss_d" in metrics:
+            print(f"[ganflow] step {metrics['step']}/{cfg.train.steps} loss_d={metrics['loss_d']:.3f} "
+                  f"loss_g={metrics['loss_g']:.3f} {metrics['images_per_s']:.0f} img/s", flush=True)
+
+    def wrap(module, broadcast_buffers: bool = True):
+        return prepare_model(module, parallel_strategy_kwargs={"broadcast_buffers": broadcast_buffers})
+
+    kill_at = os.environ.get(FAULT_ENV)
+    marker = Path(config["storage"]) / f".{config['name']}.killed"
+
+    def before_step(step: int) -> None:
+        if kill_at and step == int(kill_at) and rank == min(1, world - 1) and not marker.exists():
+            marker.touch()
+            os._exit(17)  # a hard crash: no exception, no cleanup
+
+    data = RankData(ShardedImages(config["dataset_uri"]), cfg.train.seed, rank, world, cfg.train.batch_size)
+    train(cfg, data, device=device, resume=resume, hooks=Hooks(report=report, wrap=wrap, before_step=before_step))
+
+
+def _ensure_ray(num_cpus_needed: float) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    quiet = {"log_to_driver": True, "logging_level": logging.WARNING, "configure_logging": True}
+    if address:
+        ray.init(address=address, **quiet)
+    else:
+        # A local instance sized to the machine (never fewer CPUs than the workers ask for).
+        ray.init(num_cpus=max(os.cpu_count() or 1, int(num_cpus_needed + 0.999)), include_dashboard=False,
+                 **quiet)
+
+
+def train_gan(cfg: GanflowConfig, dataset: DatasetVersion) -> TrainResult:
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    tc = cfg.train
+    if dataset.n_images < tc.batch_size * tc.num_workers:
+        raise PipelineError(
+            f"the data set has {dataset.n_images} images, fewer than one global batch "
+            f"({tc.batch_size} x {tc.num_workers} workers): lower train.batch_size or add images")
+    resources = dict(tc.resources_per_worker) or {"CPU": 1}
+    if tc.use_gpu:
+        resources.setdefault("GPU", 1)
+    _ensure_ray(resources.get("CPU", 1) * tc.num_workers)
+
+    storage = str(Path(tc.storage_path).expanduser().resolve())
+    name = run_name(cfg, dataset)
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "dataset_uri": dataset.uri,
+                           "storage": storage, "name": name},
+        scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=name, storage_path=storage,
+            checkpoint_config=CheckpointConfig(num_to_keep=tc.keep_checkpoints),
+            failure_config=FailureConfig(max_failures=tc.max_failures)),
+    )
+    log.info("training %s: %d workers, %d steps, global batch %d", name, tc.num_workers, tc.steps,
+             tc.batch_size * tc.num_workers)
+    try:
+        result = trainer.fit()
+    except Exception as err:  # TrainingFailedError carries the worker's traceback
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise PipelineError(f"training failed after {tc.max_failures} restarts: {first}: "
+                            f"see the worker log above; the run resumes from its last checkpoint "
+                            f"when started again") from err
+    if result.checkpoint is None:
+        raise PipelineError("training finished without a checkpoint: check train.checkpoint_every")
+    metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
+    return TrainResult(checkpoint_uri=result.checkpoint.path, run_name=name,
+                       steps=int(metrics.get("step", tc.steps)), metrics=metrics)
