@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         stream=sys.stderr)
-    for noisy in ("botocore", "urllib3", "alembic", "mlflow.store.db.utils"):
+    for noisy in ("botocore", "urllib3", "alembic", "mlflow.store.db.utils", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from flows.environment import set_local_defaults
     set_local_defaults()

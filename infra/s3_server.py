@@ -29,8 +29,10 @@ def free_port() -> int:
 
 
 class LocalS3Server:
-    def __init__(self, port: int | None = None, log_path: str | None = None):
+    def __init__(self, port: int | None = None, log_path: str | None = None, authenticate: bool = False):
         self.port = port or free_port()
+        # With authentication on, the server rejects unknown access keys like a real store does.
+        self.authenticate = authenticate
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._proc: subprocess.Popen | None = None
@@ -39,7 +41,8 @@ class LocalS3Server:
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=dict(os.environ, **({"INITIAL_NO_AUTH_ACTION_COUNT": "0"} if self.authenticate else {})))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from importlib import metadata
 from pathlib import Path
 
@@ -92,6 +93,7 @@ def _log_run(client, run_id: str, cfg: GanflowConfig, dataset: DatasetVersion, t
 def _log_model(run_id: str, cfg: GanflowConfig, evaluation: EvalResult):
     import mlflow
     import numpy as np
+    import pandas as pd
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema, TensorSpec
 
@@ -99,10 +101,12 @@ def _log_model(run_id: str, cfg: GanflowConfig, evaluation: EvalResult):
     signature = ModelSignature(inputs=Schema([ColSpec("long", "seed")]),
                                outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, r, r, c))]))
     reqs = [f"{p}=={metadata.version(p)}" for p in ("mlflow", "torch", "numpy", "pillow", "pydantic", "pyyaml")]
-    with mlflow.start_run(run_id=run_id):
+    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*type hints.*")  # the signature is explicit
         return mlflow.pyfunc.log_model(
             name="generator", python_model=str(PYFUNC_FILE), artifacts={"generator": evaluation.generator_path},
-            code_paths=[str(GAN_MODEL_DIR)], signature=signature, pip_requirements=reqs)
+            code_paths=[str(GAN_MODEL_DIR)], signature=signature, pip_requirements=reqs,
+            input_example=pd.DataFrame({"seed": np.arange(2, dtype=np.int64)}))
 
 
 def _decide(client, name: str, version: str, evaluation: EvalResult, promote: bool) -> tuple[str, str]:

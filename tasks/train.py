@@ -29,6 +29,8 @@ def run_name(cfg: GanflowConfig, dataset: DatasetVersion) -> str:
 
 def _train_worker(config: dict) -> None:
     """Runs on every Ray Train worker."""
+    import warnings
+
     import torch
     import ray.train
     from ray.train.torch import prepare_model
@@ -37,6 +39,9 @@ def _train_worker(config: dict) -> None:
     from gan_model.shards import ShardedImages
     from gan_model.training import Hooks, RankData, train
 
+    # broadcast_buffers=False is what we want for D (rank-local BatchNorm
+    # statistics); torch's deprecation notice about it is not for users.
+    warnings.filterwarnings("ignore", message=".*broadcast_buffers.*")
     cfg = GanflowConfig.model_validate(config["cfg"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -79,7 +84,8 @@ def _ensure_ray(num_cpus_needed: float) -> None:
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")
-    quiet = {"log_to_driver": True, "logging_level": logging.WARNING, "configure_logging": True}
+    # configure_logging=False: leave the driver's logging (and its handlers) to the CLI.
+    quiet = {"log_to_driver": True, "configure_logging": False}
     if address:
         ray.init(address=address, **quiet)
     else:
@@ -89,7 +95,7 @@ def _ensure_ray(num_cpus_needed: float) -> None:
 
 
 def train_gan(cfg: GanflowConfig, dataset: DatasetVersion) -> TrainResult:
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     tc = cfg.train
@@ -113,7 +119,10 @@ def train_gan(cfg: GanflowConfig, dataset: DatasetVersion) -> TrainResult:
         run_config=RunConfig(
             name=name, storage_path=storage,
             checkpoint_config=CheckpointConfig(num_to_keep=tc.keep_checkpoints),
-            failure_config=FailureConfig(max_failures=tc.max_failures)),
+            failure_config=FailureConfig(max_failures=tc.max_failures),
+            # Ray Train's per-report INFO lines stay in its log files; our
+            # progress lines (print on rank 0) still reach the console.
+            logging_config=LoggingConfig(log_level="WARNING")),
     )
     log.info("training %s: %d workers, %d steps, global batch %d", name, tc.num_workers, tc.steps,
              tc.batch_size * tc.num_workers)

@@ -1,0 +1,57 @@
+import pytest
+
+from gan_model.config import ConfigError, GanflowConfig, build_config, flat_params, load_config
+
+
+def test_overrides_are_typed_and_nested():
+    cfg = build_config({"train": {"steps": 10}}, ["train.steps=20", "train.use_gpu=true",
+                                                  "train.resources_per_worker={CPU: 2}"])
+    assert cfg.train.steps == 20 and cfg.train.use_gpu is True and cfg.train.resources_per_worker == {"CPU": 2}
+
+
+@pytest.mark.parametrize("override,message", [
+    (["train.stepz=3"], "unknown config key 'train.stepz'"),
+    (["nosuch.key=3"], "unknown config key 'nosuch'"),
+    (["train.steps=-1"], "invalid config value for 'train.steps'"),
+    (["data.resolution=48"], "power of two"),
+    (["data.source=/local/folder"], "s3://bucket/prefix"),
+    (["train.steps"], "expected section.key=value"),
+    (["steps=3"], "must name a section and a field"),
+])
+def test_bad_config_is_one_clear_line(override, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        build_config({}, override)
+    assert "\n" not in str(err.value)
+
+
+def test_yaml_errors_and_missing_files(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML at line"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_training_identity_ignores_runtime_knobs_only():
+    base = GanflowConfig()
+    assert build_config({}, ["train.checkpoint_every=7", "train.max_failures=9"]).training_identity() == \
+        base.training_identity()
+    assert build_config({}, ["train.steps=7"]).training_identity() != base.training_identity()
+
+
+def test_lr_scaling_follows_the_global_batch():
+    assert build_config({}, ["train.lr_scaling=linear", "train.batch_size=64", "train.num_workers=4",
+                             "train.base_batch=64"]).train.lr_scale() == 4
+    assert build_config({}, ["train.lr_scaling=sqrt", "train.num_workers=4"]).train.lr_scale() == 2
+
+
+def test_repo_configs_are_valid():
+    from pathlib import Path
+    for path in (Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"):
+        assert load_config(path).data.source.startswith("s3://")
+
+
+def test_flat_params_cover_every_section():
+    params = flat_params(GanflowConfig())
+    assert {k.split(".")[0] for k in params} == {"data", "model", "train", "eval", "registry"}

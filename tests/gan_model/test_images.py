@@ -1,0 +1,94 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gan_model.images import InvalidImage, decode_image, make_grid
+from tests.helpers import png
+
+
+def decode(data, **kw):
+    return decode_image(data, **{"resolution": 16, "channels": 1, **kw})
+
+
+def gradient(w=40, h=30):
+    return (np.add.outer(np.arange(h), np.arange(w)) * 3 % 256).astype(np.uint8)
+
+
+def test_grey_png_is_cropped_and_resized():
+    out = decode(png(gradient()))
+    assert out.shape == (1, 16, 16) and out.dtype == np.uint8
+
+
+def test_rgb_to_grey_and_grey_to_rgb():
+    rgb = np.stack([gradient()] * 3, -1)
+    assert decode(png(rgb)).shape == (1, 16, 16)
+    assert decode(png(gradient()), channels=3).shape == (3, 16, 16)
+
+
+@pytest.mark.parametrize("data,reason", [
+    (b"", "empty"),
+    (b"this is not an image at all", "not a decodable image"),
+])
+def test_garbage_is_rejected_with_a_reason(data, reason):
+    with pytest.raises(InvalidImage, match=reason):
+        decode(data)
+
+
+def test_truncated_png_is_rejected():
+    data = png(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8))
+    with pytest.raises(InvalidImage, match="corrupt or truncated|not a decodable"):
+        decode(data[: len(data) // 2])
+
+
+def test_decompression_bomb_is_rejected_before_decoding():
+    with pytest.raises(InvalidImage, match="too many pixels"):
+        decode(png(np.zeros((200, 200), np.uint8)), max_pixels=10_000)
+
+
+def test_small_image_policy():
+    small = png(np.full((8, 8), 200, np.uint8))
+    assert decode(small).shape == (1, 16, 16)
+    with pytest.raises(InvalidImage, match="smaller than the target"):
+        decode(small, small_images="skip")
+
+
+def test_sixteen_bit_cmyk_palette_and_animation():
+    sixteen = Image.fromarray(gradient().astype(np.uint16) * 257)
+    assert sixteen.mode.startswith("I;16")
+    buf = io.BytesIO(); sixteen.save(buf, format="PNG")
+    # The full 16-bit range maps onto 8 bits: the same picture as its 8-bit version.
+    np.testing.assert_allclose(decode(buf.getvalue()).astype(int), decode(png(gradient())).astype(int), atol=1)
+
+    cmyk = Image.new("CMYK", (20, 20), (0, 255, 255, 0))  # red
+    buf = io.BytesIO(); cmyk.save(buf, format="JPEG")
+    red = decode(buf.getvalue(), channels=3)
+    assert red[0].mean() > 200 and red[1].mean() < 60
+
+    pal = Image.new("P", (20, 20), 1)
+    pal.putpalette([255, 255, 255, 0, 255, 0] + [0] * 762)
+    pal.info["transparency"] = 1  # fully transparent green -> composited over black
+    buf = io.BytesIO(); pal.save(buf, format="PNG", transparency=1)
+    assert decode(buf.getvalue(), channels=3).max() == 0
+
+    frames = [Image.fromarray(np.full((20, 20), v, np.uint8)) for v in (10, 250)]
+    buf = io.BytesIO(); frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:])
+    assert decode(buf.getvalue()).mean() < 50  # the first frame
+
+
+def test_exif_orientation_is_applied():
+    arr = np.zeros((20, 40), np.uint8)
+    arr[:, :20] = 255  # left half white
+    img = Image.fromarray(arr)
+    exif = img.getexif(); exif[0x0112] = 6  # "rotate 90 CW to display"
+    buf = io.BytesIO(); img.save(buf, format="JPEG", exif=exif.tobytes(), quality=95)
+    out = decode(buf.getvalue(), resolution=16)[0]
+    assert out[:8].mean() > 180 and out[8:].mean() < 80  # white ends up on top
+
+
+def test_grid_tiles_images():
+    imgs = np.zeros((5, 1, 4, 4), np.uint8); imgs[3] = 255
+    grid = make_grid(imgs, nrow=3, padding=1)
+    assert grid.shape == (1 + 2 * 5, 1 + 3 * 5, 1)
+    assert grid[6:10, 1:5].min() == 255 and grid[1:5, 1:5].max() == 0

@@ -1,0 +1,86 @@
+"""Ingest against a real S3-compatible server on loopback."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gan_model.config import build_config
+from gan_model.shards import ShardedImages
+from tasks.ingest import ingest_dataset
+from tasks.types import PipelineError
+from tests.helpers import digits, png, upload_images
+
+
+def data_cfg(tmp_path, source, endpoint, *extra):
+    return build_config({}, [f"data.source={source}", f"data.endpoint_url={endpoint}",
+                             f"data.processed_uri={tmp_path / 'ds'}", f"data.cache_dir={tmp_path / 'cache'}",
+                             "data.resolution=16", "data.shard_size=16", *extra]).data
+
+
+def test_ingest_versions_validates_and_reuses(s3, s3_server, bucket, tmp_path):
+    images = digits(40)
+    upload_images(s3, bucket, "set/", images)
+    s3.put_object(Bucket=bucket, Key="set/broken.png", Body=png(images[0])[:50])
+    s3.put_object(Bucket=bucket, Key="set/notes.txt", Body=b"hello")
+    s3.put_object(Bucket=bucket, Key="set/dup.png", Body=png(images[1]))
+    s3.put_object(Bucket=bucket, Key="set/../escape.png", Body=png(images[2][::-1]))
+    s3.put_object(Bucket=bucket, Key="set/noextension", Body=png(images[3].T))
+    cfg = data_cfg(tmp_path, f"s3://{bucket}/set/", s3_server.url)
+
+    ds = ingest_dataset(cfg)
+    assert ds.n_images == 42  # 40 + the ".." key + the extension-less image
+    assert ds.skipped == {"duplicate": 1, "not a decodable image": 1,
+                          "corrupt or truncated image (OSError)": 1} or ds.n_skipped == 3
+    assert ds.bytes_downloaded > 0 and not ds.reused
+    data = ShardedImages(ds.uri)
+    assert len(data) == 42 and data.take([0, 41]).shape == (2, 1, 16, 16)
+    assert len(data.index["shards"]) == 3  # 16 + 16 + 10
+    reasons = {s["key"]: s["reason"] for s in json.loads((Path(ds.uri) / "index.json").read_text())["skipped"]}
+    assert reasons["notes.txt"] == "not a decodable image" and reasons["dup.png"] == "duplicate"
+    # Keys are never paths: nothing was written outside the cache and data set folders.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "ds"]
+
+    again = ingest_dataset(cfg)
+    assert again.version == ds.version and again.reused and again.bytes_downloaded == 0
+
+    # One object changed -> a new version; only that object is downloaded.
+    s3.put_object(Bucket=bucket, Key="set/00000.png", Body=png(images[5]))
+    changed = ingest_dataset(cfg)
+    assert changed.version != ds.version and not changed.reused
+    assert 0 < changed.bytes_downloaded < ds.bytes_downloaded / 10
+
+
+def test_version_depends_on_preprocessing_not_on_location(s3, s3_server, bucket, tmp_path):
+    upload_images(s3, bucket, "a/", digits(20))
+    upload_images(s3, bucket, "b/", digits(20))
+    v_a = ingest_dataset(data_cfg(tmp_path, f"s3://{bucket}/a/", s3_server.url)).version
+    v_b = ingest_dataset(data_cfg(tmp_path, f"s3://{bucket}/b/", s3_server.url)).version
+    v_32 = ingest_dataset(data_cfg(tmp_path, f"s3://{bucket}/a/", s3_server.url, "data.resolution=32")).version
+    assert v_a == v_b and v_a != v_32
+
+
+def test_listing_is_paginated_beyond_1000_objects(s3, s3_server, bucket, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+    body = png(digits(1)[0])
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda i: s3.put_object(Bucket=bucket, Key=f"many/{i:05d}.png", Body=body), range(1100)))
+    from tasks.ingest import list_manifest
+    manifest = list_manifest(s3, bucket, "many/")
+    assert len(manifest) == 1100 and manifest[0][0] == "00000.png"
+
+
+@pytest.mark.parametrize("case", ["empty prefix", "missing bucket", "all invalid"])
+def test_bad_sources_raise_one_line_errors(s3, s3_server, bucket, tmp_path, case):
+    if case == "all invalid":
+        s3.put_object(Bucket=bucket, Key="junk/a.png", Body=b"nope")
+    source = {"empty prefix": f"s3://{bucket}/nothing/", "missing bucket": "s3://no-such-bucket-x/p/",
+              "all invalid": f"s3://{bucket}/junk/"}[case]
+    with pytest.raises(PipelineError) as err:
+        ingest_dataset(data_cfg(tmp_path, source, s3_server.url))
+    message = str(err.value)
+    assert "\n" not in message
+    assert {"empty prefix": "no objects under", "missing bucket": "does not exist",
+            "all invalid": "none of the 1 objects"}[case] in message
+    assert not (tmp_path / "ds").exists() or not any((tmp_path / "ds").glob("*/index.json"))
