@@ -157,9 +157,10 @@ def train(
     sums = {"loss_d": 0.0, "loss_g": 0.0, "d_real": 0.0, "d_fake": 0.0}
     n_since, t_since = 0, time.perf_counter()
     metrics: dict = {"step": start}
-    if start >= tc.steps:  # already complete: report once so the caller sees the final state
-        emit(start, {"step": start, "done": 1}, with_checkpoint=True)
-        return {"step": start}
+    if start >= tc.steps:  # already complete (a re-run): report the final metrics, no new checkpoint
+        final = history[-1] if history else {"step": start}
+        hooks.report(final, None)
+        return final
 
     for step in range(start, tc.steps):
         hooks.before_step(step)

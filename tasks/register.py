@@ -118,7 +118,7 @@ def _decide(client, name: str, version: str, evaluation: EvalResult, promote: bo
         champ = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         return CHAMPION, "no champion yet"
-    if champ.version == version:
+    if str(champ.version) == version:
         return CHAMPION, "already the champion"
     champ_fid = float(champ.tags.get("ganflow.fid", "inf"))
     if champ.tags.get("ganflow.protocol_key") != evaluation.protocol["key"]:
@@ -133,7 +133,7 @@ def set_alias(client, name: str, version: str, alias: str) -> None:
     client.set_registered_model_alias(name, alias, version)
     if alias == CHAMPION:  # one version should not be champion and challenger at once
         try:
-            if client.get_model_version_by_alias(name, CHALLENGER).version == version:
+            if str(client.get_model_version_by_alias(name, CHALLENGER).version) == version:
                 client.delete_registered_model_alias(name, CHALLENGER)
         except Exception:
             pass

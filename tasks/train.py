@@ -54,7 +54,8 @@ def _train_worker(config: dict) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             resume = load_checkpoint(folder)
-        print(f"[ganflow] rank {rank}: resuming from step {resume['step']}", flush=True)
+        if rank == 0:
+            print(f"[ganflow] resuming {config['name']} from step {resume['step']}", flush=True)
 
     def report(metrics: dict, checkpoint_dir: str | None) -> None:
         ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None

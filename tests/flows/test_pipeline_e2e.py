@@ -1,0 +1,77 @@
+"""The real flow, end to end: local S3 server, Ray Train with 2 CPU workers, MLflow on
+SQLite, Prefect's test harness. Slow (a few minutes) and kept to what matters."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.helpers import digits, tiny_config, upload_images
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_session():
+    yield
+    import ray
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def test_pipeline_registers_evaluates_promotes_and_is_idempotent(prefect_harness, s3, s3_server, bucket,
+                                                                 tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    from flows.pipeline import ganflow_pipeline
+
+    upload_images(s3, bucket, "digits/", digits(256, size=16))
+    cfg = tiny_config(tmp_path, f"s3://{bucket}/digits/", s3_server.url)
+    name, uri = cfg.registry.model_name, cfg.registry.tracking_uri
+    client = MlflowClient(uri, uri)
+
+    # 1. First run: a data set version, a trained generator, version 1 as champion.
+    first = ganflow_pipeline(config=cfg)
+    assert first["n_images"] == 256 and first["steps"] == cfg.train.steps
+    assert first["model_version"] == "1" and first["alias"] == "champion"
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+    run = client.get_run(first["mlflow_run_id"])
+    assert run.data.metrics["fid"] == pytest.approx(first["fid"]) and first["fid"] > 0
+    assert run.data.params["train.steps"] == str(cfg.train.steps)
+    history = client.get_metric_history(first["mlflow_run_id"], "train/loss_d")
+    assert [m.step for m in history] == list(range(5, cfg.train.steps + 1, 5))
+    grid = client.download_artifacts(first["mlflow_run_id"], "samples/samples.png", str(tmp_path))
+    assert Image.open(grid).size[0] > 4 * 16
+    protocol = json.loads(open(client.download_artifacts(first["mlflow_run_id"], "fid_protocol.json",
+                                                         str(tmp_path))).read())
+    assert protocol["weights"] == "random" and len(protocol["weights_sha256"]) == 64
+    assert first["flow_run_id"] and run.data.tags["prefect.flow_run_id"] == first["flow_run_id"]
+
+    # 2. The same flow again (a retry or a re-run): no second version, same decision.
+    again = ganflow_pipeline(config=cfg)
+    assert again["model_version"] == "1" and again["mlflow_run_id"] == first["mlflow_run_id"]
+    assert len(client.search_model_versions(f"name='{name}'")) == 1
+
+    # 3. A different training config: a new version, promoted only if its FID is better.
+    longer = cfg.model_copy(deep=True)
+    longer.train.steps = 30
+    third = ganflow_pipeline(config=longer)
+    assert third["model_version"] == "2"
+    expected = "champion" if third["fid"] < first["fid"] else "challenger"
+    assert third["alias"] == expected
+    assert str(client.get_model_version_by_alias(name, expected).version) == "2"
+    champion = "2" if expected == "champion" else "1"
+    assert str(client.get_model_version_by_alias(name, "champion").version) == champion
+
+    # 4. Users sample images from the champion through the registry (pyfunc round trip).
+    from flows.cli import main
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    out = tmp_path / "champion"
+    assert main(["sample", "--model", f"models:/{name}@champion", "-n", "3", "--out", str(out)]) == 0
+    files = sorted(out.glob("*.png"))
+    assert len(files) == 3 and np.asarray(Image.open(files[0])).shape == (16, 16)
+
+    # 5. Manual rollback.
+    assert main(["promote", name, "1", "--alias", "champion"]) == 0
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
