@@ -71,7 +71,7 @@ class TrainConfig(_Section):
     use_gpu: bool = False
     resources_per_worker: dict[str, float] = Field(default_factory=dict, description="e.g. {CPU: 4, GPU: 1}")
     batch_size: int = Field(64, gt=0, description="per-worker batch; global batch = batch_size * num_workers")
-    steps: int = Field(1500, gt=0, description="optimisation steps in total (resumes never add more)")
+    steps: int = Field(1000, gt=0, description="optimisation steps in total (resumes never add more)")
     lr_g: float = Field(2e-4, gt=0)
     lr_d: float = Field(2e-4, gt=0)
     lr_scaling: Literal["none", "linear", "sqrt"] = Field(

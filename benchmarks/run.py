@@ -1,0 +1,50 @@
+"""`make bench`: run every benchmark and append the results to benchmarks/RESULTS.md."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{os.cpu_count()} CPUs ({cpu}), {gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def main() -> None:
+    from benchmarks import bench_train_step
+
+    rows = bench_train_step.run()
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [f"\n## Training-step throughput, {stamp}\n",
+             f"Command: `make bench` (`python -m benchmarks.run`). Machine: {machine()}.\n",
+             "Single process; images/s is the median of 3 alternating runs; ratio = ganflow / baseline "
+             "(the PyTorch examples' DCGAN loop on the same networks and batch).\n",
+             "| case | ganflow img/s | baseline img/s | ratio |", "|---|---|---|---|"]
+    lines += [f"| {r['case']} | {r['ganflow']:.0f} | {r['baseline']:.0f} | {r['ratio']:.2f}x |" for r in rows]
+    text = "\n".join(lines) + "\n"
+    if not RESULTS.exists():
+        RESULTS.write_text("# Benchmark results\n\nEach section is appended by `make bench`; "
+                           "compare ratios, not absolute numbers (shared, noisy machines).\n")
+    with RESULTS.open("a") as f:
+        f.write(text)
+    sys.stdout.write(text)
+
+
+if __name__ == "__main__":
+    main()
