@@ -14,7 +14,10 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
+
+if TYPE_CHECKING:
+    from gan_model.config import GanflowConfig
 
 EXIT_PIPELINE, EXIT_USAGE = 1, 2
 
