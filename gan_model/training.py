@@ -77,6 +77,12 @@ class RankData:
         return self.images.take(idx) if isinstance(self.images, ShardedImages) else self.images[idx]
 
 
+def step_latents(seed: int, rank: int, step: int, n: int, z_dim: int) -> torch.Tensor:
+    """The latents rank `rank` draws at `step`: a pure function, so resuming replays them exactly."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + rank * 7919 + step)
+    return torch.randn(n, z_dim, generator=gen)
+
+
 def _unwrap(m: nn.Module) -> nn.Module:
     return getattr(m, "module", m)
 
@@ -117,11 +123,13 @@ def train(
     scale = tc.lr_scale()
     opt_g = torch.optim.Adam(g.parameters(), lr=tc.lr_g * scale, betas=(tc.beta1, tc.beta2))
     opt_d = torch.optim.Adam(d.parameters(), lr=tc.lr_d * scale, betas=(tc.beta1, tc.beta2))
-    start, history = 0, []
+    start, history, starts = 0, [], []
     if resume is not None:
         g.load_state_dict(resume["G"]); d.load_state_dict(resume["D"]); g_ema.load_state_dict(resume["G_ema"])
         opt_g.load_state_dict(resume["opt_g"]); opt_d.load_state_dict(resume["opt_d"])
         start, history = int(resume["step"]), list(resume.get("history", []))
+        starts = list(resume.get("starts", []))
+    starts.append(start)  # provenance: the step each (re)start began from
     g, d, g_ema = g.to(device), d.to(device), g_ema.to(device)
     for opt in (opt_g, opt_d):  # optimiser state follows the parameters' device
         for st in opt.state.values():
@@ -143,7 +151,7 @@ def train(
                 "generator_kwargs": _unwrap(g).kwargs, "config": cfg.model_dump(mode="json"),
                 # The metric history travels with the checkpoint, so a resumed
                 # run continues it without duplicated or lost steps.
-                "history": history}
+                "history": history, "starts": starts}
 
     def emit(step: int, metrics: dict, with_checkpoint: bool) -> None:
         if with_checkpoint and rank == 0:
@@ -164,9 +172,8 @@ def train(
 
     for step in range(start, tc.steps):
         hooks.before_step(step)
-        gen = torch.Generator().manual_seed(tc.seed * 1_000_003 + rank * 7919 + step)
         real = torch.from_numpy(data.batch(step)).to(device).float().div_(127.5).sub_(1.0)
-        z = torch.randn(real.shape[0], z_dim, generator=gen).to(device)
+        z = step_latents(tc.seed, rank, step, real.shape[0], z_dim).to(device)
 
         # 3. Discriminator step: real and fake in separate passes (DCGAN's
         #    BatchNorm recipe); gradients are all-reduced once, after the second.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 from gan_model.config import GanflowConfig
@@ -67,12 +68,17 @@ def _train_worker(config: dict) -> None:
     def wrap(module, broadcast_buffers: bool = True):
         return prepare_model(module, parallel_strategy_kwargs={"broadcast_buffers": broadcast_buffers})
 
-    kill_at = os.environ.get(FAULT_ENV)
+    kill_at = config.get("kill_at_step")
     marker = Path(config["storage"]) / f".{config['name']}.killed"
 
     def before_step(step: int) -> None:
         if kill_at and step == int(kill_at) and rank == min(1, world - 1) and not marker.exists():
             marker.touch()
+            # Ray Train registers reported checkpoints on its health-check poll
+            # (every 2 s by default): a crash within that window of a report
+            # falls back to the previous checkpoint. Wait it out so the test
+            # is deterministic about which checkpoint it resumes from.
+            time.sleep(3 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", 2.0)))
             os._exit(17)  # a hard crash: no exception, no cleanup
 
     data = RankData(ShardedImages(config["dataset_uri"]), cfg.train.seed, rank, world, cfg.train.batch_size)
@@ -114,7 +120,7 @@ def train_gan(cfg: GanflowConfig, dataset: DatasetVersion) -> TrainResult:
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "dataset_uri": dataset.uri,
-                           "storage": storage, "name": name},
+                           "storage": storage, "name": name, "kill_at_step": os.environ.get(FAULT_ENV)},
         scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(

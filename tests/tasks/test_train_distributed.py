@@ -1,0 +1,151 @@
+"""Ray Train on 2 CPU workers: DDP correctness, recovery from a hard worker crash, and
+resuming a stopped run. Slow: each test starts a worker group."""
+
+import copy
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gan_model.config import build_config
+from gan_model.shards import ShardWriter
+from tasks.types import DatasetVersion, PipelineError
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    import ray
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def make_dataset(tmp_path, n=128, r=16) -> DatasetVersion:
+    from tests.helpers import digits
+    writer = ShardWriter(tmp_path / "ds", 50, 1, r)
+    for img in digits(n, r):
+        writer.add(img[None])
+    writer.close(version="testversion", skipped=[])
+    return DatasetVersion(uri=str(tmp_path / "ds"), version="testversion", n_images=n, resolution=r, channels=1)
+
+
+def tiny(tmp_path, *extra):
+    return build_config({}, ["data.resolution=16", "model.z_dim=8", "model.g_width=4", "model.d_width=4",
+                             "train.batch_size=8", "train.num_workers=2", "train.log_every=5",
+                             "train.checkpoint_every=5", f"train.storage_path={tmp_path / 'ray'}", *extra])
+
+
+def final_checkpoint(result):
+    from gan_model.checkpoint import load_checkpoint
+    return load_checkpoint(result.checkpoint_uri)
+
+
+def test_a_worker_that_dies_hard_is_restarted_from_the_latest_checkpoint(tmp_path, monkeypatch):
+    from tasks.train import FAULT_ENV, train_gan
+    monkeypatch.setenv(FAULT_ENV, "12")  # rank 1 calls os._exit before step 12, once
+    cfg = tiny(tmp_path, "train.steps=20", "train.max_failures=1")
+    result = train_gan(cfg, make_dataset(tmp_path))
+    state = final_checkpoint(result)
+    assert result.steps == 20 and state["step"] == 20
+    assert state["starts"] == [0, 10]  # restarted once, from the checkpoint at step 10 (last report < 12)
+    assert [m["step"] for m in state["history"]] == [5, 10, 15, 20]  # no duplicated or lost steps
+    assert list((tmp_path / "ray").glob(".*.killed"))  # the crash really happened
+
+
+def test_a_stopped_run_resumes_when_started_again(tmp_path, monkeypatch):
+    from tasks.train import FAULT_ENV, train_gan
+    cfg = tiny(tmp_path, "train.steps=20", "train.max_failures=0")
+    dataset = make_dataset(tmp_path)
+    monkeypatch.setenv(FAULT_ENV, "17")
+    with pytest.raises(PipelineError, match="training failed"):
+        train_gan(cfg, dataset)  # dies after the checkpoint at step 15, no restarts allowed
+    monkeypatch.delenv(FAULT_ENV)
+    result = train_gan(cfg, dataset)  # what a Prefect retry or a re-run of the flow does
+    state = final_checkpoint(result)
+    assert state["starts"] == [0, 15] and state["step"] == 20
+    assert [m["step"] for m in state["history"]] == [5, 10, 15, 20]
+
+
+def _one_step_worker(config):
+    """Runs one training step on each worker and saves that worker's parameters."""
+    import ray.train
+    from ray.train.torch import prepare_model
+
+    from gan_model.config import GanflowConfig
+    from gan_model.shards import ShardedImages
+    from gan_model.training import Hooks, RankData, train
+
+    cfg = GanflowConfig.model_validate(config["cfg"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    wrapped = []
+
+    def wrap(module, broadcast_buffers=True):
+        wrapped.append(prepare_model(module, parallel_strategy_kwargs={"broadcast_buffers": broadcast_buffers}))
+        return wrapped[-1]
+
+    data = RankData(ShardedImages(config["uri"]), cfg.train.seed, rank, world, cfg.train.batch_size)
+    train(cfg, data, hooks=Hooks(wrap=wrap, report=lambda m, c: ray.train.report(m)))
+    g, d = (w.module for w in wrapped)
+    torch.save({"G": g.state_dict(), "D": d.state_dict()}, Path(config["out"]) / f"rank{rank}.pt")
+
+
+def test_ddp_step_equals_the_single_process_average_of_per_worker_gradients(tmp_path):
+    import ray.cloudpickle
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from gan_model.losses import d_loss_fake, d_loss_real, g_loss
+    from gan_model.networks import build_networks
+    from gan_model.shards import ShardedImages
+    from gan_model.training import RankData, step_latents
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    cfg = tiny(tmp_path, "train.steps=1", "train.log_every=1", "train.checkpoint_every=100")
+    dataset = make_dataset(tmp_path)
+    TorchTrainer(_one_step_worker,
+                 train_loop_config={"cfg": cfg.model_dump(mode="json"), "uri": dataset.uri, "out": str(tmp_path)},
+                 scaling_config=ScalingConfig(num_workers=2),
+                 run_config=RunConfig(name="ddp-check", storage_path=str(tmp_path / "ray"))).fit()
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    for part in ("G", "D"):  # DDP keeps every worker's parameters identical
+        for k, v in ranks[0][part].items():
+            if "running" not in k and "num_batches" not in k:
+                torch.testing.assert_close(v, ranks[1][part][k], rtol=0, atol=0)
+
+    # The same step in one process: each worker's batch through its own copy of the
+    # networks (BatchNorm statistics are per worker), gradients averaged, one Adam step.
+    tc = cfg.train
+    torch.manual_seed(tc.seed)
+    g, d = build_networks(cfg.model, cfg.data)
+    images = ShardedImages(dataset.uri)
+    reals = [torch.from_numpy(RankData(images, tc.seed, r, 2, tc.batch_size).batch(0)).float() / 127.5 - 1
+             for r in range(2)]
+    zs = [step_latents(tc.seed, r, 0, tc.batch_size, cfg.model.z_dim) for r in range(2)]
+    gs = [copy.deepcopy(g) for _ in range(2)]
+    ds = [copy.deepcopy(d) for _ in range(2)]
+    fakes = [gs[r](zs[r]) for r in range(2)]
+
+    def averaged_step(model, copies, losses, lr):
+        for c, loss in zip(copies, losses):
+            grads = torch.autograd.grad(loss, list(c.parameters()), retain_graph=True)
+            for p, gr in zip(model.parameters(), grads):
+                p.grad = gr / 2 if p.grad is None else p.grad + gr / 2
+        torch.optim.Adam(model.parameters(), lr=lr, betas=(tc.beta1, tc.beta2)).step()
+
+    averaged_step(d, ds, [d_loss_real(ds[r](reals[r])) + d_loss_fake(ds[r](fakes[r].detach())) for r in range(2)],
+                  tc.lr_d)
+    for r in range(2):
+        ds[r].load_state_dict(d.state_dict())
+        ds[r].requires_grad_(False)
+    averaged_step(g, gs, [g_loss(ds[r](fakes[r])) for r in range(2)], tc.lr_g)
+    for part, model in (("G", g), ("D", d)):
+        for k, v in model.state_dict().items():
+            if "running" not in k and "num_batches" not in k:
+                torch.testing.assert_close(ranks[0][part][k], v, rtol=1e-4, atol=1e-6)
