@@ -2,11 +2,9 @@
 resuming a stopped run. Slow: each test starts a worker group."""
 
 import copy
-import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
