@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
@@ -71,6 +72,7 @@ def cmd_run(args) -> dict:
             check_source(cfg.data)  # fail before any compute on bucket/credential/endpoint problems
             _client(cfg.registry)
             from flows.pipeline import ganflow_pipeline
+            _hide_user_error_tracebacks()
             try:
                 summary = ganflow_pipeline(config=cfg)
             finally:
@@ -143,12 +145,13 @@ def cmd_fid(args) -> dict:
         path, kind = resolve_weights(cfg.eval, cfg.data)
         if kind == "random":
             import tempfile
-            tmp = Path(tempfile.mkdtemp(prefix="ganflow-fid-"))
-            net = InceptionFeatures(make_random_weights(tmp / "random.pth"), batch_size=args.batch_size)
-            net.calibrate_batchnorm(batches(sets[1]))  # on the reference side
-            path = net.save_weights(tmp / "calibrated.pth")
+            with tempfile.TemporaryDirectory(prefix="ganflow-fid-") as tmp:
+                net = InceptionFeatures(make_random_weights(Path(tmp) / "random.pth"), batch_size=args.batch_size)
+                net.calibrate_batchnorm(batches(sets[1]))  # on the reference side
+                weights_sha = sha256_file(net.save_weights(Path(tmp) / "calibrated.pth"))
         else:
             net = InceptionFeatures(path, batch_size=args.batch_size)
+            weights_sha = sha256_file(path)
         stats = []
         for images in sets:
             s = FeatureStats(FEATURE_DIM, keep_features=len(images))
@@ -157,7 +160,7 @@ def cmd_fid(args) -> dict:
             stats.append(s)
         scores = compare(stats[0], stats[1], kid_subsets=50,
                          kid_subset_size=min(1000, stats[0].count, stats[1].count))
-    result = {**scores, "weights": kind, "weights_sha256": sha256_file(path)}
+    result = {**scores, "weights": kind, "weights_sha256": weights_sha}
     _emit(args, result, f"FID {scores['fid']:.6g}   KID {scores['kid']:.4g} +- {scores['kid_std']:.2g}   "
           f"({scores['n_generated']} vs {scores['n_reference']} images, {kind} Inception weights)")
     return result
@@ -217,6 +220,7 @@ def cmd_serve(args) -> dict:
     from flows.environment import data_source
     from flows.pipeline import ganflow_pipeline
 
+    _hide_user_error_tracebacks()
     cfg = _config(args)
     with data_source(cfg) as cfg:
         print(f"serving deployment {args.name!r} on cron {args.cron!r}; Ctrl-C stops it", file=sys.stderr)
@@ -226,7 +230,10 @@ def cmd_serve(args) -> dict:
 
 def cmd_services(args) -> dict:
     from flows.services import run_services
-    run_services(s3_port=args.s3_port, mlflow_port=args.mlflow_port, prefect_port=args.prefect_port)
+    try:
+        run_services(s3_port=args.s3_port, mlflow_port=args.mlflow_port, prefect_port=args.prefect_port)
+    except RuntimeError as err:  # e.g. the port is taken
+        raise UserError(f"{err}: free the port or pass --s3-port/--mlflow-port/--prefect-port") from None
     return {}
 
 
@@ -242,6 +249,41 @@ def _shutdown_ray() -> None:
         import ray
         if ray.is_initialized():
             ray.shutdown()
+
+
+class _NoTracebackFor(logging.Filter):
+    """Prefect logs a failed task with its traceback; for errors the user must fix, the
+    message is the useful part (the CLI ends with it), so the traceback is dropped."""
+
+    def __init__(self, types: tuple[type, ...]):
+        super().__init__()
+        self.types = types
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], self.types):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _hide_user_error_tracebacks() -> None:
+    import prefect  # noqa: F401  (configures Prefect's handlers, which the filter goes on)
+
+    from gan_model.inception import WeightsUnavailable
+    from tasks.types import PipelineError, TrainingFailed
+
+    flt = _NoTracebackFor((PipelineError, TrainingFailed, WeightsUnavailable))
+    loggers = [logging.getLogger()] + [logging.getLogger(n) for n in list(logging.root.manager.loggerDict)
+                                       if n.startswith("prefect")]
+    for lg in loggers:
+        for handler in lg.handlers:
+            handler.addFilter(flt)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -266,12 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("fid", help="FID and KID between two folders of images")
     sp.add_argument("dir_a"); sp.add_argument("dir_b")
     sp.add_argument("--weights", default="auto", help="standard | auto | random | path | s3:// URI")
-    sp.add_argument("--batch-size", type=int, default=32)
+    sp.add_argument("--batch-size", type=_positive, default=32)
     with_json(sp); sp.set_defaults(fn=cmd_fid)
 
     sp = sub.add_parser("sample", help="images from a registered generator")
     sp.add_argument("--model", required=True, help="e.g. models:/ganflow-generator@champion")
-    sp.add_argument("-n", type=int, default=64)
+    sp.add_argument("-n", type=_positive, default=64)
     sp.add_argument("--seed", type=int, default=0, help="first seed; image i uses seed+i")
     sp.add_argument("--out", required=True, help="a .png file (grid) or a folder (one PNG per image)")
     with_json(sp); sp.set_defaults(fn=cmd_sample)
@@ -305,17 +347,24 @@ def main(argv: list[str] | None = None) -> int:
 
     from gan_model.config import ConfigError
     from gan_model.inception import WeightsUnavailable
-    from tasks.types import PipelineError
+    from tasks.types import PipelineError, TrainingFailed
 
+    # SIGTERM (a stopped container, `kill`) unwinds like Ctrl-C: servers and Ray are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        args.fn(args)
+        try:
+            args.fn(args)
+        finally:
+            # Keep the result (or the error) the last thing printed: Prefect's
+            # "stopping temporary server" notice at exit is not news.
+            logging.getLogger("prefect").setLevel(logging.WARNING)
     except ConfigError as err:
         print(f"ganflow: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except UserError as err:
         print(f"ganflow: error: {err}", file=sys.stderr)
         return err.code
-    except (PipelineError, WeightsUnavailable) as err:
+    except (PipelineError, TrainingFailed, WeightsUnavailable) as err:
         print(f"ganflow: error: {err}", file=sys.stderr)
         return EXIT_PIPELINE
     except KeyboardInterrupt:

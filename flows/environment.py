@@ -19,6 +19,7 @@ from typing import Iterator
 from gan_model.config import GanflowConfig
 
 STATE = Path(".ganflow")
+DEMO_BUCKET = "ganflow-demo"
 log = logging.getLogger("ganflow")
 
 
@@ -40,7 +41,10 @@ def uses_embedded_s3(cfg: GanflowConfig) -> bool:
     from infra.s3_server import aws_configured
 
     mode = cfg.data.embedded_server
-    return mode == "always" or (mode == "auto" and not aws_configured(cfg.data.endpoint_url))
+    # auto never stands in for a user's own bucket (an instance role, which we
+    # cannot see without a network call, may be what grants access to it).
+    demo = cfg.data.source.startswith(f"s3://{DEMO_BUCKET}/")
+    return mode == "always" or (mode == "auto" and demo and not aws_configured(cfg.data.endpoint_url))
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -46,12 +47,13 @@ Point ganflow at them from another shell:
     except KeyboardInterrupt:
         pass
     finally:
+        # Each server runs in its own process group (their workers included).
         for p in procs:
             if p.poll() is None:
-                p.terminate()
+                os.killpg(p.pid, signal.SIGTERM)
         for p in procs:
             try:
                 p.wait(15)
             except subprocess.TimeoutExpired:
-                p.kill()
+                os.killpg(p.pid, signal.SIGKILL)
         s3.stop()

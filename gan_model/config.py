@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +20,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 class ConfigError(ValueError):
     """A configuration problem, phrased as one line that names the fix."""
+
+
+def _no_secret(uri: str | None) -> str | None:
+    # The config is logged, stored with every MLflow run and shown in the
+    # Prefect UI, so it must never carry a password.
+    if uri and re.match(r"^[a-z][a-z0-9+.\-]*://[^/@\s]*:[^/@\s]*@", uri, re.I):
+        raise ValueError("must not embed a password: pass credentials through the environment "
+                         "(AWS_* variables or a profile; MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_URI)")
+    return uri
 
 
 class _Section(BaseModel):
@@ -31,9 +41,9 @@ class DataConfig(_Section):
     region: str | None = Field(None, description="S3 region; None = the boto3 default chain")
     embedded_server: Literal["auto", "always", "never"] = Field(
         "auto", description="start a local S3-compatible server seeded with a sample data set "
-        "(auto: only when no endpoint and no AWS credentials are configured)")
+        "(auto: only for the s3://ganflow-demo/ bucket when no endpoint and no AWS credentials are configured)")
     seed_dataset: Literal["mnist", "digits"] = Field("mnist", description="sample data the embedded server is seeded with")
-    processed_uri: str = Field(".ganflow/datasets", description="where versioned shards are written")
+    processed_uri: str = Field(".ganflow/datasets", description="where versioned shards are written: a local folder or an s3:// prefix (multi-node clusters)")
     cache_dir: str = Field(".ganflow/cache", description="local download cache, keyed by object ETag")
     resolution: int = Field(32, description="output side length in pixels (power of two, 16..256)")
     channels: Literal[1, 3] = Field(1, description="1 = grayscale, 3 = RGB; inputs are converted")
@@ -41,14 +51,26 @@ class DataConfig(_Section):
     max_pixels: int = Field(64_000_000, gt=0, description="decompression-bomb limit per image")
     max_images: int | None = Field(None, gt=0, description="use at most this many objects (by key order)")
     shard_size: int = Field(4096, gt=0, description="images per uint8 shard")
-    download_workers: int = Field(16, gt=0, le=256)
+    download_workers: int = Field(16, gt=0, le=256, description="concurrent S3 downloads")
+    decode_processes: int | None = Field(
+        None, ge=0, description="processes that decode and resize; None = one per CPU (max 8), 0 = in the download threads")
 
     @field_validator("source")
     @classmethod
     def _s3_uri(cls, v: str) -> str:
         if not v.startswith("s3://") or len(v) <= 5 or v[5] == "/":
             raise ValueError(f"must look like s3://bucket/prefix, got {v!r}")
+        bucket = v[5:].split("/", 1)[0]
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]", bucket):
+            raise ValueError(f"{bucket!r} is not a valid bucket name (3-63 lowercase letters, digits, '.', '-')")
         return v
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"https?://[^/\s]+", v):
+            raise ValueError(f"must be an http(s):// URL, got {v!r}")
+        return _no_secret(v)
 
     @field_validator("resolution")
     @classmethod
@@ -108,6 +130,11 @@ class EvalConfig(_Section):
 
 class RegistryConfig(_Section):
     tracking_uri: str | None = Field(None, description="None = MLFLOW_TRACKING_URI or SQLite under .ganflow")
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _uri(cls, v: str | None) -> str | None:
+        return _no_secret(v)
     experiment: str = "ganflow"
     model_name: str = "ganflow-generator"
     promote: bool = Field(True, description="set @champion when better, else @challenger")

@@ -111,4 +111,4 @@ def kid_from_features(f1: np.ndarray, f2: np.ndarray, subsets: int = 50, subset_
         scores[i] = ((kxx.sum() - np.trace(kxx)) / (m * (m - 1))
                      + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
                      - 2 * kxy.mean())
-    return float(scores.mean()), float(scores.std(ddof=1) if subsets > 1 else 0.0)
+    return float(scores.mean()), float(scores.std())  # ddof=0, as torch-fidelity

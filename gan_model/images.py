@@ -65,11 +65,13 @@ def decode_image(
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         raise InvalidImage(f"corrupt or truncated image ({type(err).__name__})") from None
 
-    img = ImageOps.exif_transpose(img)  # phone photos store rotation in EXIF
     if min(img.size) < resolution and small_images == "skip":
         raise InvalidImage(f"smaller than the target ({img.size[0]}x{img.size[1]} < {resolution}); "
                            f"set data.small_images=upscale to keep it")
-    img = _to_mode(img, channels)
+    try:
+        img = _to_mode(ImageOps.exif_transpose(img), channels)  # phone photos store rotation in EXIF
+    except Exception as err:  # exotic modes (LAB, multi-band TIFF...) PIL cannot convert
+        raise InvalidImage(f"unsupported image mode {img.mode} ({type(err).__name__})") from None
     # Centre crop to a square, then one high-quality resize (Lanczos
     # antialiases when shrinking).
     side = min(img.size)

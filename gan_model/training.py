@@ -79,7 +79,8 @@ class RankData:
 
 def step_latents(seed: int, rank: int, step: int, n: int, z_dim: int) -> torch.Tensor:
     """The latents rank `rank` draws at `step`: a pure function, so resuming replays them exactly."""
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + rank * 7919 + step)
+    # SeedSequence mixes the three numbers: no two (rank, step) pairs share a stream.
+    gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0]))
     return torch.randn(n, z_dim, generator=gen)
 
 

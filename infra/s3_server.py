@@ -39,20 +39,31 @@ class LocalS3Server:
 
     def start(self, timeout: float = 30.0) -> "LocalS3Server":
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env=dict(os.environ, **({"INITIAL_NO_AUTH_ACTION_COUNT": "0"} if self.authenticate else {})))
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                env=dict(os.environ, **({"INITIAL_NO_AUTH_ACTION_COUNT": "0"} if self.authenticate else {})))
+        finally:
+            if log is not subprocess.DEVNULL:
+                log.close()  # the child has its own copy
+        try:
+            self._wait_ready(timeout)
+        except BaseException:  # also Ctrl-C during start-up: never leave the server behind
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise RuntimeError(f"the local S3 server exited with code {self._proc.returncode} on start")
             try:
                 urllib.request.urlopen(self.url + "/moto-api/", timeout=1).close()
-                return self
+                return
             except (urllib.error.URLError, ConnectionError, OSError):
                 time.sleep(0.2)
-        self.stop()
         raise RuntimeError(f"the local S3 server did not answer on {self.url} within {timeout:.0f}s")
 
     def stop(self) -> None:

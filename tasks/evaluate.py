@@ -24,6 +24,7 @@ from gan_model.inception import (STANDARD_HASH_PREFIX, InceptionFeatures, Weight
                                  make_random_weights, sha256_file, standard_weights_path)
 from gan_model.sampling import generate_batches
 from gan_model.shards import ShardedImages
+from tasks.datastore import materialize
 from tasks.types import DatasetVersion, EvalResult, PipelineError, TrainResult
 
 log = logging.getLogger("ganflow.evaluate")
@@ -95,15 +96,16 @@ def _extractor(ev: EvalConfig, data: DataConfig, cache: Path, images: ShardedIma
 
 def evaluate_generator(cfg: GanflowConfig, dataset: DatasetVersion, trained: TrainResult) -> EvalResult:
     ev = cfg.eval
-    images = ShardedImages(dataset.uri)
-    cache = Path(dataset.uri) / CACHE_DIR
+    local = materialize(dataset.uri, cfg.data)
+    images = ShardedImages(local)
+    cache = local / CACHE_DIR
     cache.mkdir(exist_ok=True)
     ref_idx = _reference_indices(len(images), ev.n_reference, ev.seed)
     net, kind, weights_sha = _extractor(ev, cfg.data, cache, images, ref_idx)
     keep = max(ev.kid_subset_size, min(ev.n_generated, ev.n_reference))
 
     # 1. Reference statistics: once per (data set version, protocol).
-    ref_file = cache / f"ref-{weights_sha[:16]}-n{len(ref_idx)}-s{ev.seed}.npz"
+    ref_file = cache / f"ref-{weights_sha[:16]}-n{len(ref_idx)}-s{ev.seed}-k{keep}.npz"
     if ref_file.is_file():
         ref = FeatureStats.load(ref_file)
         log.info("reference statistics from cache (%s)", ref_file.name)

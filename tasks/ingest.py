@@ -9,21 +9,26 @@ place, index last: a partial version is never visible.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import itertools
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import threading
 import time
 import uuid
-from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter, deque
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
+from typing import Iterator
 
 from gan_model.config import DataConfig
 from gan_model.images import InvalidImage, decode_image
-from gan_model.shards import INDEX, ShardWriter, read_index
+from gan_model.shards import ShardWriter
+from tasks.datastore import is_s3, publish, read_published_index, version_uri
 from tasks.s3 import make_client, parse_s3_uri, s3_errors
 from tasks.types import DatasetVersion, PipelineError
 
@@ -52,15 +57,25 @@ def dataset_version(manifest: list[tuple[str, str, int]], cfg: DataConfig) -> st
     return h.hexdigest()[:16]
 
 
+def _ordered_bounded(pool, fn, items, window: int) -> Iterator:
+    """pool.map(fn, items) that keeps at most `window` calls in flight or unconsumed."""
+    it = iter(items)
+    pending = deque(pool.submit(fn, item) for item in itertools.islice(it, window))
+    while pending:
+        result = pending.popleft().result()
+        pending.extend(pool.submit(fn, item) for item in itertools.islice(it, 1))
+        yield result
+
+
 def _cache_path(cache_dir: Path, bucket: str, key: str, etag: str) -> Path:
     # Object keys are never used as paths: "../../etc/passwd" is just bytes to hash.
     digest = hashlib.sha256(f"{bucket}/{key}\0{etag}".encode()).hexdigest()
     return cache_dir / "objects" / digest[:2] / digest
 
 
-def _descriptor(folder: Path, index: dict, *, bytes_downloaded: int = 0, reused: bool) -> DatasetVersion:
+def _descriptor(uri: str, index: dict, *, bytes_downloaded: int = 0, reused: bool) -> DatasetVersion:
     return DatasetVersion(
-        uri=str(folder), version=index["version"], n_images=index["n_images"],
+        uri=uri, version=index["version"], n_images=index["n_images"],
         resolution=index["resolution"], channels=index["channels"],
         n_skipped=len(index["skipped"]), skipped=dict(Counter(s["reason"] for s in index["skipped"])),
         bytes_downloaded=bytes_downloaded, reused=reused)
@@ -88,12 +103,12 @@ def ingest_dataset(cfg: DataConfig) -> DatasetVersion:
     if not manifest:
         raise PipelineError(f"no objects under {cfg.source}: upload images there or fix data.source")
     version = dataset_version(manifest, cfg)
-    root = Path(cfg.processed_uri).expanduser().resolve()
-    final = root / version
-    if (final / INDEX).is_file():
+    final = version_uri(cfg, version)
+    existing = read_published_index(final, cfg)
+    if existing is not None:
         log.info("data set %s already exists (%d objects listed in %.1fs): nothing to download",
                  version, len(manifest), time.perf_counter() - t0)
-        return _descriptor(final, read_index(final), reused=True)
+        return _descriptor(final, existing, reused=True)
 
     # 2. Download what the ETag-keyed cache lacks, with a bounded pool.
     cache_dir = Path(cfg.cache_dir).expanduser().resolve()
@@ -118,25 +133,39 @@ def ingest_dataset(cfg: DataConfig) -> DatasetVersion:
 
     # 3. Decode, validate and write shards in a staging folder; skipped files
     #    are listed with their reason, duplicates (same bytes) counted once.
-    root.mkdir(parents=True, exist_ok=True)
-    staging = root / f".staging-{version}-{uuid.uuid4().hex[:8]}"
+    # Staging sits beside a local destination (so publishing is one rename)
+    # or in the cache for an S3 destination (published by upload, index last).
+    staging_root = Path(final).parent if not is_s3(final) else cache_dir / "staging"
+    staging_root.mkdir(parents=True, exist_ok=True)
+    for stale in staging_root.glob(".staging-*"):  # left by killed runs; live ones are recent
+        if time.time() - stale.stat().st_mtime > 6 * 3600:
+            shutil.rmtree(stale, ignore_errors=True)
+    staging = staging_root / f".staging-{version}-{uuid.uuid4().hex[:8]}"
     writer = ShardWriter(staging, cfg.shard_size, cfg.channels, cfg.resolution)
     skipped: list[dict] = []
     seen: dict[str, str] = {}
+
+    decode = functools.partial(decode_image, resolution=cfg.resolution, channels=cfg.channels,
+                               max_pixels=cfg.max_pixels, small_images=cfg.small_images)
+    n_procs = cfg.decode_processes if cfg.decode_processes is not None else min(8, os.cpu_count() or 1)
+    # forkserver: children start clean, not as forks of a process full of threads.
+    decoders = ProcessPoolExecutor(n_procs, mp_context=multiprocessing.get_context("forkserver")) \
+        if n_procs > 0 else None
 
     def process(item: tuple[str, str, int]):
         body = fetch(item)
         digest = hashlib.sha256(body).hexdigest()
         try:
-            return digest, decode_image(body, resolution=cfg.resolution, channels=cfg.channels,
-                                        max_pixels=cfg.max_pixels, small_images=cfg.small_images)
+            return digest, (decoders.submit(decode, body).result() if decoders else decode(body))
         except InvalidImage as err:
             return digest, str(err)
 
     try:
         with ThreadPoolExecutor(cfg.download_workers) as pool:
-            # map() keeps manifest order, so shards are identical across runs.
-            for (key, _, _), (digest, result) in zip(manifest, pool.map(process, manifest)):
+            # In manifest order (shards are identical across runs), with at most
+            # a few objects per download thread in memory at any time.
+            results = _ordered_bounded(pool, process, manifest, window=4 * cfg.download_workers)
+            for (key, _, _), (digest, result) in zip(manifest, results):
                 if digest in seen:
                     skipped.append({"key": key, "reason": "duplicate"})
                 elif isinstance(result, str):
@@ -151,15 +180,12 @@ def ingest_dataset(cfg: DataConfig) -> DatasetVersion:
         index = writer.close(version=version, source=cfg.source, n_objects=len(manifest), skipped=skipped,
                              preprocessing={k: getattr(cfg, k) for k in PREPROCESSING_FIELDS},
                              created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-        # 4. Publish atomically. A concurrent ingest of the same version may win
-        #    the race; its result is identical, so ours is dropped.
-        try:
-            os.rename(staging, final)
-        except OSError:
-            if not (final / INDEX).is_file():
-                raise
+        # 4. Publish: a partial version is never visible.
+        publish(staging, final, cfg)
     finally:
+        if decoders:
+            decoders.shutdown(cancel_futures=True)
         shutil.rmtree(staging, ignore_errors=True)
     log.info("data set %s: %d images, %d skipped, %.1f MB downloaded", version, index["n_images"],
              len(skipped), downloaded / 1e6)
-    return _descriptor(final, read_index(final), bytes_downloaded=downloaded, reused=False)
+    return _descriptor(final, index, bytes_downloaded=downloaded, reused=False)

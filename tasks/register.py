@@ -116,7 +116,14 @@ def _decide(client, name: str, version: str, evaluation: EvalResult, promote: bo
         return "", "registry.promote is false: no alias set"
     try:
         champ = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
+    except MlflowException as err:
+        # The stores answer a missing alias with RESOURCE_DOES_NOT_EXIST or (SQL
+        # and file stores) INVALID_PARAMETER_VALUE "alias ... not found". Anything
+        # else, an outage above all, must not read as "no champion yet".
+        missing = err.error_code == "RESOURCE_DOES_NOT_EXIST" or (
+            err.error_code == "INVALID_PARAMETER_VALUE" and "not found" in str(err))
+        if not missing:
+            raise
         return CHAMPION, "no champion yet"
     if str(champ.version) == version:
         return CHAMPION, "already the champion"
@@ -147,14 +154,16 @@ def register_generator(cfg: GanflowConfig, dataset: DatasetVersion, trained: Tra
     client, exp_id, uri = _client(reg)
     name = reg.model_name
 
-    # 1. Find or create the run for this checkpoint (the idempotency key).
-    runs = client.search_runs([exp_id], filter_string=f"tags.`ganflow.checkpoint` = '{_q(trained.checkpoint_uri)}'",
-                              max_results=1)
+    # 1. Find or create the run for this checkpoint under this evaluation
+    #    protocol (the idempotency key).
+    runs = client.search_runs([exp_id], filter_string=(
+        f"tags.`ganflow.checkpoint` = '{_q(trained.checkpoint_uri)}' and "
+        f"tags.`ganflow.protocol_key` = '{evaluation.protocol['key']}'"), max_results=1)
     if runs:
         run_id = runs[0].info.run_id
     else:
         tags = {"ganflow.checkpoint": trained.checkpoint_uri, "ganflow.dataset_version": dataset.version,
-                "ganflow.train_run": trained.run_name}
+                "ganflow.train_run": trained.run_name, "ganflow.protocol_key": evaluation.protocol["key"]}
         if flow_run_id:
             tags["prefect.flow_run_id"] = flow_run_id
         run_id = client.create_run(exp_id, run_name=trained.run_name, tags=tags).info.run_id
@@ -178,7 +187,16 @@ def register_generator(cfg: GanflowConfig, dataset: DatasetVersion, trained: Tra
     if run.info.status != "FINISHED":
         client.set_terminated(run_id, "FINISHED")
 
-    # 3. Promote only when better under the same protocol.
+    # 3. Promote only when better under the same protocol. Each version is
+    #    decided once: a re-run must not undo a manual promotion or rollback.
+    current = client.get_model_version(name, version)
+    decided = current.tags.get("ganflow.decision")
+    if decided is not None:
+        aliases = current.aliases
+        alias = CHAMPION if CHAMPION in aliases else CHALLENGER if CHALLENGER in aliases else ""
+        log.info("%s v%s was decided before (%s): aliases left as they are", name, version, decided)
+        return Registration(model_name=name, model_version=version, alias=alias, mlflow_run_id=run_id,
+                            reason=f"decided before: {decided}", tracking_uri=uri)
     alias, reason = _decide(client, name, version, evaluation, reg.promote)
     if alias:
         set_alias(client, name, version, alias)

@@ -31,7 +31,10 @@ def make_client(endpoint_url: str | None = None, region: str | None = None, max_
         connect_timeout=5,
         read_timeout=60,
     )
-    return boto3.session.Session().client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
+    try:
+        return boto3.session.Session().client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
+    except ValueError as err:  # e.g. an endpoint without a scheme
+        raise PipelineError(f"invalid S3 endpoint {endpoint_url!r} ({err}): use http(s)://host:port") from None
 
 
 def describe_endpoint(endpoint_url: str | None) -> str:
@@ -41,8 +44,9 @@ def describe_endpoint(endpoint_url: str | None) -> str:
 @contextlib.contextmanager
 def s3_errors(what: str, uri: str, endpoint_url: str | None) -> Iterator[None]:
     """Translate boto errors raised inside the block into a PipelineError with the fix."""
-    from botocore.exceptions import (ClientError, EndpointConnectionError, NoCredentialsError,
-                                     ConnectTimeoutError, PartialCredentialsError, ReadTimeoutError)
+    from botocore.exceptions import (BotoCoreError, ClientError, ConnectTimeoutError, EndpointConnectionError,
+                                     NoCredentialsError, ParamValidationError, PartialCredentialsError,
+                                     ReadTimeoutError)
 
     where = describe_endpoint(endpoint_url)
     try:
@@ -55,6 +59,8 @@ def s3_errors(what: str, uri: str, endpoint_url: str | None) -> Iterator[None]:
         if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"):
             raise PipelineError(f"S3 rejected the credentials ({code}) at {where}: check AWS_ACCESS_KEY_ID / "
                                 f"AWS_SECRET_ACCESS_KEY or AWS_PROFILE") from None
+        if code == "PreconditionFailed":
+            raise PipelineError(f"{uri} changed while it was being ingested: run the ingest again") from None
         if code in ("AccessDenied", "AllAccessDisabled") or status == 403:
             raise PipelineError(f"access denied to {uri} at {where}: grant s3:ListBucket and s3:GetObject "
                                 f"to these credentials") from None
@@ -66,6 +72,10 @@ def s3_errors(what: str, uri: str, endpoint_url: str | None) -> Iterator[None]:
     except (NoCredentialsError, PartialCredentialsError):
         raise PipelineError(f"no S3 credentials found for {where}: set AWS_ACCESS_KEY_ID and "
                             f"AWS_SECRET_ACCESS_KEY, or AWS_PROFILE") from None
+    except ParamValidationError as err:
+        raise PipelineError(f"invalid S3 request for {uri}: {str(err).splitlines()[-1]}") from None
+    except BotoCoreError as err:
+        raise PipelineError(f"S3 {what} of {uri} failed at {where} ({type(err).__name__}: {err})") from None
 
 
 def download_file(uri: str, dest, endpoint_url: str | None = None, region: str | None = None):

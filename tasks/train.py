@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from gan_model.config import GanflowConfig
-from tasks.types import DatasetVersion, PipelineError, TrainResult
+from tasks.types import DatasetVersion, PipelineError, TrainingFailed, TrainResult
 
 log = logging.getLogger("ganflow.train")
 
@@ -81,7 +81,9 @@ def _train_worker(config: dict) -> None:
             time.sleep(3 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", 2.0)))
             os._exit(17)  # a hard crash: no exception, no cleanup
 
-    data = RankData(ShardedImages(config["dataset_uri"]), cfg.train.seed, rank, world, cfg.train.batch_size)
+    from tasks.datastore import materialize
+    images = ShardedImages(materialize(config["dataset_uri"], cfg.data))  # per node, once for s3:// data
+    data = RankData(images, cfg.train.seed, rank, world, cfg.train.batch_size)
     train(cfg, data, device=device, resume=resume, hooks=Hooks(report=report, wrap=wrap, before_step=before_step))
 
 
@@ -137,7 +139,7 @@ def train_gan(cfg: GanflowConfig, dataset: DatasetVersion) -> TrainResult:
         result = trainer.fit()
     except Exception as err:  # TrainingFailedError carries the worker's traceback
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise PipelineError(f"training failed after {tc.max_failures} restarts: {first}: "
+        raise TrainingFailed(f"training failed after {tc.max_failures} restarts: {first}: "
                             f"see the worker log above; the run resumes from its last checkpoint "
                             f"when started again") from err
     if result.checkpoint is None:

@@ -64,3 +64,19 @@ def test_wrong_credentials_are_named(tmp_path):
         proc = run_smoke(tmp_path, "data.source=s3://any-bucket/x/", f"data.endpoint_url={strict.url}")
     assert_one_line_error(proc, 1, "rejected the credentials (InvalidAccessKeyId)", "AWS_ACCESS_KEY_ID")
     assert "ganflow-local" not in proc.stderr  # the key itself is never printed
+
+
+def test_an_error_inside_the_flow_is_still_one_line_without_traceback(s3, s3_server, bucket, tmp_path):
+    s3.put_object(Bucket=bucket, Key="junk/a.png", Body=b"not a png")
+    s3.put_object(Bucket=bucket, Key="junk/b.jpg", Body=b"")
+    env_home = tmp_path / "prefect-home"
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run", "--config", str(ROOT / "configs" / "smoke.yaml"),
+         "--set", "data.embedded_server=never", "--set", f"data.source=s3://{bucket}/junk/",
+         "--set", f"data.endpoint_url={s3_server.url}",
+         "--set", f"registry.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
+             "PREFECT_HOME": str(env_home), "PYTHONPATH": str(ROOT)})
+    assert_one_line_error(proc, 1, "none of the 2 objects", "is a usable image")
+    assert "Finished in state Failed" in proc.stderr  # it did fail inside the Prefect flow

@@ -82,3 +82,51 @@ def test_bad_sources_raise_one_line_errors(s3, s3_server, bucket, tmp_path, case
     assert {"empty prefix": "no objects under", "missing bucket": "does not exist",
             "all invalid": "none of the 1 objects"}[case] in message
     assert not (tmp_path / "ds").exists() or not any((tmp_path / "ds").glob("*/index.json"))
+
+
+def test_processed_data_can_live_in_s3(s3, s3_server, bucket, tmp_path):
+    from tasks.datastore import materialize
+    upload_images(s3, bucket, "src/", digits(30))
+    cfg = data_cfg(tmp_path, f"s3://{bucket}/src/", s3_server.url, f"data.processed_uri=s3://{bucket}/processed")
+    ds = ingest_dataset(cfg)
+    assert ds.uri == f"s3://{bucket}/processed/{ds.version}" and ds.n_images == 30
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="processed/")["Contents"]]
+    assert f"processed/{ds.version}/index.json" in keys and len(keys) == 3  # 2 shards of 16 + index
+    assert not (tmp_path / "ds").exists()  # nothing published locally
+    assert ingest_dataset(cfg).reused
+    local = materialize(ds.uri, cfg)
+    assert len(ShardedImages(local)) == 30 and materialize(ds.uri, cfg) == local
+
+
+def test_a_killed_ingest_leaves_no_partial_version_and_a_rerun_completes(s3, s3_server, bucket, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    images = digits(600)
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda i: s3.put_object(Bucket=bucket, Key=f"big/{i:05d}.png", Body=png(images[i])),
+                      range(len(images))))
+    root = Path(__file__).resolve().parents[2]
+    args = [sys.executable, "-m", "flows.cli", "ingest", "--source", f"s3://{bucket}/big/",
+            "--endpoint-url", s3_server.url, "--set", f"data.processed_uri={tmp_path / 'ds'}",
+            "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", "data.resolution=16",
+            "--set", "data.download_workers=2", "--set", "data.decode_processes=0", "--json"]
+    env = dict(os.environ, PYTHONPATH=str(root))
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "cache" / "objects").glob("*/*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)  # mid-download: no cleanup runs
+    proc.wait()
+    assert not list((tmp_path / "ds").glob("*/index.json"))  # no version is visible
+    rerun = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    ds = json.loads(rerun.stdout)
+    assert ds["n_images"] == 600 and ds["n_skipped"] == 0
+    assert ds["bytes_downloaded"] < sum(len(png(i)) for i in images)  # the cache kept the first run's work
+    assert len(ShardedImages(ds["uri"])) == 600

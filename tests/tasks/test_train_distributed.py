@@ -10,7 +10,7 @@ import torch
 
 from gan_model.config import build_config
 from gan_model.shards import ShardWriter
-from tasks.types import DatasetVersion, PipelineError
+from tasks.types import DatasetVersion, TrainingFailed
 
 pytestmark = pytest.mark.slow
 
@@ -61,7 +61,7 @@ def test_a_stopped_run_resumes_when_started_again(tmp_path, monkeypatch):
     cfg = tiny(tmp_path, "train.steps=20", "train.max_failures=0")
     dataset = make_dataset(tmp_path)
     monkeypatch.setenv(FAULT_ENV, "17")
-    with pytest.raises(PipelineError, match="training failed"):
+    with pytest.raises(TrainingFailed, match="training failed"):
         train_gan(cfg, dataset)  # dies after the checkpoint at step 15, no restarts allowed
     monkeypatch.delenv(FAULT_ENV)
     result = train_gan(cfg, dataset)  # what a Prefect retry or a re-run of the flow does
