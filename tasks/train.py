@@ -103,6 +103,83 @@ def _ensure_ray(num_cpus_needed: float) -> None:
                  **quiet)
 
 
+class _Progress:
+    """Rank 0's reports, relayed from Ray Train's controller to the driver through a Ray queue,
+    shown as a Prefect progress artifact while training runs (when inside a Prefect run)."""
+
+    def __init__(self, total: int, name: str):
+        from ray.util.queue import Queue
+
+        self.total, self.name, self.artifact = total, name, None
+        self.queue = Queue(maxsize=10_000, actor_options={"num_cpus": 0})
+        try:
+            from prefect.artifacts import create_progress_artifact
+            from prefect.context import get_run_context
+            get_run_context()
+            self.artifact = create_progress_artifact(0.0, key="training-progress",
+                                                     description=f"{name}: optimisation steps done")
+        except Exception:  # not inside a Prefect run: progress goes to the log only
+            self.artifact = None
+
+    def callback(self):
+        from ray.train import UserCallback
+
+        queue = self.queue
+
+        class Relay(UserCallback):
+            def after_report(self, run_context, metrics, checkpoint):
+                if metrics and "step" in metrics[0]:
+                    try:
+                        queue.put_nowait(dict(metrics[0]))
+                    except Exception:  # never let progress reporting break training
+                        pass
+
+        return Relay()
+
+    def drain(self) -> None:
+        latest = None
+        while not self.queue.empty():
+            latest = self.queue.get_nowait()
+        if latest is None:
+            return
+        if self.artifact is not None:
+            from prefect.artifacts import update_progress_artifact
+            update_progress_artifact(self.artifact, 100.0 * min(1.0, latest["step"] / self.total))
+
+    def close(self) -> None:
+        import ray
+        try:
+            ray.kill(self.queue.actor)
+        except Exception:
+            pass
+
+
+def _fit_watched(trainer, progress: _Progress, stop_ray_on_abort: bool):
+    """trainer.fit() in a thread while this one relays progress; Ctrl-C or SIGTERM stops the workers."""
+    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import TimeoutError as FutureTimeout
+
+    import ray
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="ganflow-fit")
+    future = pool.submit(trainer.fit)
+    try:
+        while True:
+            try:
+                return future.result(timeout=2.0)
+            except FutureTimeout:
+                progress.drain()
+    except BaseException:
+        if not future.done() and stop_ray_on_abort:
+            ray.shutdown()  # a local instance: its workers go with it, no orphans
+        raise
+    finally:
+        if future.done():
+            progress.drain()
+        progress.close()
+        pool.shutdown(wait=False)
+
+
 def train_gan(cfg: GanflowConfig, dataset: DatasetVersion) -> TrainResult:
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -119,6 +196,7 @@ def train_gan(cfg: GanflowConfig, dataset: DatasetVersion) -> TrainResult:
 
     storage = str(Path(tc.storage_path).expanduser().resolve())
     name = run_name(cfg, dataset)
+    progress = _Progress(tc.steps, name)
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "dataset_uri": dataset.uri,
@@ -131,12 +209,13 @@ def train_gan(cfg: GanflowConfig, dataset: DatasetVersion) -> TrainResult:
             failure_config=FailureConfig(max_failures=tc.max_failures),
             # Ray Train's per-report INFO lines stay in its log files; our
             # progress lines (print on rank 0) still reach the console.
-            logging_config=LoggingConfig(log_level="WARNING")),
+            logging_config=LoggingConfig(log_level="WARNING"),
+            callbacks=[progress.callback()]),
     )
     log.info("training %s: %d workers, %d steps, global batch %d", name, tc.num_workers, tc.steps,
              tc.batch_size * tc.num_workers)
     try:
-        result = trainer.fit()
+        result = _fit_watched(trainer, progress, stop_ray_on_abort=not os.environ.get("RAY_ADDRESS"))
     except Exception as err:  # TrainingFailedError carries the worker's traceback
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise TrainingFailed(f"training failed after {tc.max_failures} restarts: {first}: "

@@ -47,6 +47,12 @@ def test_pipeline_registers_evaluates_promotes_and_is_idempotent(prefect_harness
                                                          str(tmp_path))).read())
     assert protocol["weights"] == "random" and len(protocol["weights_sha256"]) == 64
     assert first["flow_run_id"] and run.data.tags["prefect.flow_run_id"] == first["flow_run_id"]
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    with get_client(sync_client=True) as prefect_client:  # the training progress shown in the UI
+        progress = prefect_client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["training-progress"])))
+    assert progress and max(float(a.data) for a in progress) == 100.0
 
     # 2. The same flow again (a retry or a re-run): no second version, same decision.
     again = ganflow_pipeline(config=cfg)
