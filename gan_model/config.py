@@ -53,7 +53,8 @@ class DataConfig(_Section):
     shard_size: int = Field(4096, gt=0, description="images per uint8 shard")
     download_workers: int = Field(16, gt=0, le=256, description="concurrent S3 downloads")
     decode_processes: int | None = Field(
-        None, ge=0, description="processes that decode and resize; None = one per CPU (max 8), 0 = in the download threads")
+        None, ge=0, description="processes that decode and resize; None = one per CPU (max 8) when objects average "
+        "64 KB or more, else in the download threads; 0 = always in the download threads")
 
     @field_validator("source")
     @classmethod

@@ -34,6 +34,7 @@ from tasks.types import DatasetVersion, PipelineError
 
 log = logging.getLogger("ganflow.ingest")
 
+PROCESS_DECODE_MIN_BYTES = 64 * 1024
 PREPROCESSING_FIELDS = ("resolution", "channels", "small_images", "max_pixels", "max_images")
 
 
@@ -147,7 +148,13 @@ def ingest_dataset(cfg: DataConfig) -> DatasetVersion:
 
     decode = functools.partial(decode_image, resolution=cfg.resolution, channels=cfg.channels,
                                max_pixels=cfg.max_pixels, small_images=cfg.small_images)
-    n_procs = cfg.decode_processes if cfg.decode_processes is not None else min(8, os.cpu_count() or 1)
+    n_procs = cfg.decode_processes
+    if n_procs is None:
+        # Small images decode in microseconds: shipping them to another process
+        # costs more than it saves (measured in benchmarks/RESULTS.md). Photos
+        # take milliseconds each and outgrow one core.
+        mean_size = sum(size for _, _, size in manifest) / len(manifest)
+        n_procs = min(8, os.cpu_count() or 1) if mean_size >= PROCESS_DECODE_MIN_BYTES else 0
     # forkserver: children start clean, not as forks of a process full of threads.
     decoders = ProcessPoolExecutor(n_procs, mp_context=multiprocessing.get_context("forkserver")) \
         if n_procs > 0 else None

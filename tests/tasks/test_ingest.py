@@ -130,3 +130,12 @@ def test_a_killed_ingest_leaves_no_partial_version_and_a_rerun_completes(s3, s3_
     assert ds["n_images"] == 600 and ds["n_skipped"] == 0
     assert ds["bytes_downloaded"] < sum(len(png(i)) for i in images)  # the cache kept the first run's work
     assert len(ShardedImages(ds["uri"])) == 600
+
+
+def test_decoding_in_processes_gives_identical_shards(s3, s3_server, bucket, tmp_path):
+    upload_images(s3, bucket, "p/", digits(40))
+    s3.put_object(Bucket=bucket, Key="p/bad.png", Body=b"\x89PNG broken")
+    a = ingest_dataset(data_cfg(tmp_path / "a", f"s3://{bucket}/p/", s3_server.url, "data.decode_processes=0"))
+    b = ingest_dataset(data_cfg(tmp_path / "b", f"s3://{bucket}/p/", s3_server.url, "data.decode_processes=2"))
+    assert a.version == b.version and a.skipped == b.skipped == {"not a decodable image": 1}
+    assert ShardedImages(a.uri).index["shards"] == ShardedImages(b.uri).index["shards"]  # same sha256s
