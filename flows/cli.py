@@ -12,6 +12,8 @@ import contextlib
 import json
 import logging
 import os
+import re
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -196,6 +198,56 @@ def cmd_sample(args) -> dict:
     return result
 
 
+def cmd_evaluate(args) -> dict:
+    """FID/KID of a registered generator under the protocol of the run that registered it
+    (overridable with --set), against the data set version it was trained on."""
+    import tempfile
+
+    import mlflow
+    import yaml
+    from mlflow.exceptions import MlflowException
+
+    from gan_model.config import RegistryConfig, build_config
+    from tasks.datastore import read_published_index, version_uri
+    from tasks.register import _client
+    from tasks.types import DatasetVersion
+
+    client, _, uri = _client(RegistryConfig())
+    match = re.fullmatch(r"models:/([^/@]+)(?:@([^/]+)|/(\d+))", args.model)
+    if not match:
+        raise UserError(f"--model {args.model!r}: use models:/NAME@ALIAS or models:/NAME/VERSION", EXIT_USAGE)
+    name, alias, number = match.groups()
+    try:
+        mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, number)
+    except MlflowException:
+        raise UserError(f"no model {args.model} at {uri}: list versions in the MLflow UI", EXIT_USAGE) from None
+    with stdout_to_stderr(args.json), tempfile.TemporaryDirectory(prefix="ganflow-eval-") as tmp:
+        raw = yaml.safe_load(open(client.download_artifacts(mv.run_id, "config.yaml", tmp)))
+        cfg = build_config(raw, args.set or [])
+        version = mv.tags.get("ganflow.dataset_version", "")
+        ds_uri = version_uri(cfg.data, version)
+        index = read_published_index(ds_uri, cfg.data)
+        if index is None:
+            raise UserError(f"data set version {version!r} of {args.model} is not under {cfg.data.processed_uri}: "
+                            f"set data.processed_uri (--set) or re-run `ganflow ingest`")
+        dataset = DatasetVersion(uri=ds_uri, version=version, n_images=index["n_images"],
+                                 resolution=index["resolution"], channels=index["channels"])
+        model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=args.model, dst_path=tmp))
+        generator = next(model_dir.rglob("generator.pt"))
+        out = Path(cfg.eval.output_dir).expanduser().resolve() / f"{name}-v{mv.version}"
+        out.mkdir(parents=True, exist_ok=True)
+        local_generator = Path(shutil.copy(generator, out / "generator.pt"))
+        from tasks.evaluate import evaluate_generator_file
+        result = evaluate_generator_file(cfg, dataset, local_generator)
+    recorded = mv.tags.get("ganflow.fid") if mv.tags.get("ganflow.protocol_key") == result.protocol["key"] else None
+    summary = {"model_name": name, "model_version": str(mv.version), "dataset_version": version,
+               **result.model_dump(), "recorded_fid": float(recorded) if recorded else None}
+    _emit(args, summary, f"{name} v{mv.version}: FID {result.fid:.6g}   KID {result.kid:.4g} +- {result.kid_std:.2g}"
+          + (f"   (recorded at registration: {float(recorded):.6g})" if recorded else
+             "   (protocol differs from the registration's: not comparable with its recorded FID)"))
+    return summary
+
+
 def cmd_promote(args) -> dict:
     from gan_model.config import RegistryConfig
     from tasks.register import _client, set_alias
@@ -310,6 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--weights", default="auto", help="standard | auto | random | path | s3:// URI")
     sp.add_argument("--batch-size", type=_positive, default=32)
     with_json(sp); sp.set_defaults(fn=cmd_fid)
+
+    sp = sub.add_parser("evaluate", help="FID/KID of a registered generator against its data set")
+    sp.add_argument("--model", required=True, help="models:/NAME@ALIAS or models:/NAME/VERSION")
+    sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override the run's config, e.g. eval.n_generated=2048")
+    with_json(sp); sp.set_defaults(fn=cmd_evaluate)
 
     sp = sub.add_parser("sample", help="images from a registered generator")
     sp.add_argument("--model", required=True, help="e.g. models:/ganflow-generator@champion")

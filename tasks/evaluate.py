@@ -95,6 +95,13 @@ def _extractor(ev: EvalConfig, data: DataConfig, cache: Path, images: ShardedIma
 
 
 def evaluate_generator(cfg: GanflowConfig, dataset: DatasetVersion, trained: TrainResult) -> EvalResult:
+    """The pipeline's step: the EMA generator of a training checkpoint."""
+    out_dir = Path(cfg.eval.output_dir).expanduser().resolve() / f"{trained.run_name}-step{trained.steps}"
+    return evaluate_generator_file(cfg, dataset, export_generator(trained.checkpoint_uri, out_dir / "generator.pt"))
+
+
+def evaluate_generator_file(cfg: GanflowConfig, dataset: DatasetVersion, generator_path: Path) -> EvalResult:
+    """FID/KID of an exported generator file; outputs go beside it."""
     ev = cfg.eval
     local = materialize(dataset.uri, cfg.data)
     images = ShardedImages(local)
@@ -114,8 +121,7 @@ def evaluate_generator(cfg: GanflowConfig, dataset: DatasetVersion, trained: Tra
         ref.save(ref_file)
 
     # 2. Generated statistics from the EMA generator, one seed per image.
-    out_dir = Path(ev.output_dir).expanduser().resolve() / f"{trained.run_name}-step{trained.steps}"
-    generator_path = export_generator(trained.checkpoint_uri, out_dir / "generator.pt")
+    out_dir = Path(generator_path).parent
     g = load_generator(generator_path)
     gen = stats_of(net, generate_batches(g, ev.n_generated, ev.seed, ev.batch_size), keep)
     grid = next(generate_batches(g, ev.grid_size, ev.seed, ev.grid_size))

@@ -21,7 +21,7 @@ def ray_session():
 
 
 def test_pipeline_registers_evaluates_promotes_and_is_idempotent(prefect_harness, s3, s3_server, bucket,
-                                                                 tmp_path, monkeypatch):
+                                                                 tmp_path, monkeypatch, capsys):
     from mlflow import MlflowClient
 
     from flows.pipeline import ganflow_pipeline
@@ -78,6 +78,16 @@ def test_pipeline_registers_evaluates_promotes_and_is_idempotent(prefect_harness
     files = sorted(out.glob("*.png"))
     assert len(files) == 3 and np.asarray(Image.open(files[0])).shape == (16, 16)
 
-    # 5. Manual rollback.
+    # 5. Re-evaluating a registered version reproduces its recorded FID (same protocol, cached
+    #    reference statistics).
+    capsys.readouterr()
+    assert main(["evaluate", "--model", f"models:/{name}/1", "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["recorded_fid"] == pytest.approx(first["fid"], rel=1e-6)
+    assert evaluated["fid"] == pytest.approx(first["fid"], rel=1e-4)
+
+    # 6. Manual rollback, which a later run of the same flow does not undo.
     assert main(["promote", name, "1", "--alias", "champion"]) == 0
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+    ganflow_pipeline(config=longer)
     assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
