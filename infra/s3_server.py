@@ -29,10 +29,12 @@ def free_port() -> int:
 
 
 class LocalS3Server:
-    def __init__(self, port: int | None = None, log_path: str | None = None, authenticate: bool = False):
+    def __init__(self, port: int | None = None, log_path: str | None = None, authenticate: bool = False,
+                 unauthenticated_actions: int = 0):
         self.port = port or free_port()
-        # With authentication on, the server rejects unknown access keys like a real store does.
-        self.authenticate = authenticate
+        # With authentication on, the server checks access keys and IAM policies like a real
+        # store; the first `unauthenticated_actions` calls are let through (to create IAM users).
+        self.authenticate, self.free_actions = authenticate, unauthenticated_actions
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._proc: subprocess.Popen | None = None
@@ -43,7 +45,7 @@ class LocalS3Server:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                env=dict(os.environ, **({"INITIAL_NO_AUTH_ACTION_COUNT": "0"} if self.authenticate else {})))
+                env=dict(os.environ, **({"INITIAL_NO_AUTH_ACTION_COUNT": str(self.free_actions)} if self.authenticate else {})))
         finally:
             if log is not subprocess.DEVNULL:
                 log.close()  # the child has its own copy

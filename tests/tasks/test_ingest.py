@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from gan_model.config import build_config
@@ -139,3 +140,70 @@ def test_decoding_in_processes_gives_identical_shards(s3, s3_server, bucket, tmp
     b = ingest_dataset(data_cfg(tmp_path / "b", f"s3://{bucket}/p/", s3_server.url, "data.decode_processes=2"))
     assert a.version == b.version and a.skipped == b.skipped == {"not a decodable image": 1}
     assert ShardedImages(a.uri).index["shards"] == ShardedImages(b.uri).index["shards"]  # same sha256s
+
+
+def _encoded(img, fmt, **kw):
+    import io
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def test_a_bucket_of_hostile_files_is_ingested_with_a_reason_for_each_skip(s3, s3_server, bucket, tmp_path):
+    """Every bad case in one prefix: the good ones are converted, the bad ones listed, nothing crashes."""
+    from PIL import Image
+    base = digits(12, size=24)
+    good = {
+        "rgb.png": _encoded(Image.fromarray(np.stack([base[0]] * 3, -1)), "PNG"),
+        "grey.jpg": _encoded(Image.fromarray(base[1]), "JPEG", quality=95),
+        "sixteen.png": _encoded(Image.fromarray(base[2].astype(np.uint16) * 257), "PNG"),
+        "cmyk.jpg": _encoded(Image.fromarray(np.stack([base[3]] * 3, -1)).convert("CMYK"), "JPEG"),
+        "palette.png": _encoded(Image.fromarray(base[4]).convert("P"), "PNG", transparency=0),
+        "animated.gif": _encoded(Image.fromarray(base[5]), "GIF", save_all=True,
+                                 append_images=[Image.fromarray(base[6])]),
+        "rotated.jpg": _encoded(Image.fromarray(base[7]), "JPEG",
+                                exif=(lambda e: (e.__setitem__(0x0112, 6), e.tobytes())[1])(Image.Exif())),
+        "no-extension": png(base[8]),
+        "small.png": png(base[9][:8, :8]),  # upscaled (data.small_images=upscale)
+        "odd name ü %.png": png(base[10]),
+        "/abs/../../escape.png": png(base[11]),
+    }
+    bad = {
+        "zero.png": (b"", "empty file"),
+        "truncated.png": (png(base[0].T)[:60], "corrupt or truncated image (OSError)"),
+        "text.png": (b"<html>not an image</html>", "not a decodable image"),
+        "bomb.png": (png(np.zeros((400, 400), np.uint8)), "too many pixels"),
+        "zz-copy-of-rgb.png": (good["rgb.png"], "duplicate"),
+    }
+    for key, body in list(good.items()) + [(k, v[0]) for k, v in bad.items()]:
+        s3.put_object(Bucket=bucket, Key=f"h/{key}", Body=body)
+    ds = ingest_dataset(data_cfg(tmp_path, f"s3://{bucket}/h/", s3_server.url, "data.max_pixels=100000"))
+    reasons = {s["key"]: s["reason"] for s in json.loads((Path(ds.uri) / "index.json").read_text())["skipped"]}
+    assert ds.n_images == len(good), reasons
+    for key, (_, reason) in bad.items():
+        assert reasons[key].startswith(reason), (key, reasons[key])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "ds"]  # nothing escaped the cache
+    strict = ingest_dataset(data_cfg(tmp_path / "strict", f"s3://{bucket}/h/", s3_server.url,
+                                     "data.small_images=skip", "data.max_pixels=100000"))
+    assert strict.n_images == len(good) - 1 and any(r.startswith("smaller than the target") for r in strict.skipped)
+
+
+def test_access_denied_is_named(tmp_path):
+    """A real store's answer to valid credentials without permission (moto with IAM enforcement)."""
+    import boto3
+
+    from infra.s3_server import LocalS3Server
+    from tasks.ingest import check_source
+    with LocalS3Server(authenticate=True, unauthenticated_actions=2) as strict:
+        # The two free calls create an IAM user with valid keys and no policy at all.
+        iam = boto3.client("iam", endpoint_url=strict.url, region_name="us-east-1")
+        iam.create_user(UserName="nobody")
+        key = iam.create_access_key(UserName="nobody")["AccessKey"]
+        import os
+        old = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+        os.environ.update(AWS_ACCESS_KEY_ID=key["AccessKeyId"], AWS_SECRET_ACCESS_KEY=key["SecretAccessKey"])
+        try:
+            with pytest.raises(PipelineError, match="access denied to s3://any-bucket/x/ .*s3:ListBucket"):
+                check_source(data_cfg(tmp_path, "s3://any-bucket/x/", strict.url))
+        finally:
+            os.environ.update({k: v for k, v in old.items() if v is not None})
