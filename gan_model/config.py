@@ -108,7 +108,8 @@ class TrainConfig(_Section):
     keep_checkpoints: int = Field(2, gt=0)
     log_every: int = Field(50, gt=0)
     max_failures: int = Field(2, ge=0, description="worker restarts from the latest checkpoint")
-    storage_path: str = Field(".ganflow/ray_results", description="Ray Train storage (local path)")
+    storage_path: str = Field(".ganflow/ray_results", description="Ray Train checkpoints: a local (or shared) path, "
+                              "or an s3:// prefix on data.endpoint_url for clusters without a shared disk")
     threads_per_worker: int | None = Field(None, gt=0, description="torch threads per CPU worker; None = CPUs per worker")
 
     def lr_scale(self) -> float:

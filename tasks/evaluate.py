@@ -97,7 +97,9 @@ def _extractor(ev: EvalConfig, data: DataConfig, cache: Path, images: ShardedIma
 def evaluate_generator(cfg: GanflowConfig, dataset: DatasetVersion, trained: TrainResult) -> EvalResult:
     """The pipeline's step: the EMA generator of a training checkpoint."""
     out_dir = Path(cfg.eval.output_dir).expanduser().resolve() / f"{trained.run_name}-step{trained.steps}"
-    return evaluate_generator_file(cfg, dataset, export_generator(trained.checkpoint_uri, out_dir / "generator.pt"))
+    from tasks.train import local_checkpoint
+    checkpoint = local_checkpoint(trained.checkpoint_uri, cfg)
+    return evaluate_generator_file(cfg, dataset, export_generator(checkpoint, out_dir / "generator.pt"))
 
 
 def evaluate_generator_file(cfg: GanflowConfig, dataset: DatasetVersion, generator_path: Path) -> EvalResult:

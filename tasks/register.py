@@ -69,7 +69,8 @@ def _log_run(client, run_id: str, cfg: GanflowConfig, dataset: DatasetVersion, t
     params = [Param(k, v[:6000]) for k, v in flat_params(cfg).items()]
     for i in range(0, len(params), 100):
         client.log_batch(run_id, params=params[i:i + 100])
-    history = load_checkpoint(trained.checkpoint_uri).get("history", [])
+    from tasks.train import local_checkpoint
+    history = load_checkpoint(local_checkpoint(trained.checkpoint_uri, cfg)).get("history", [])
     metrics = [Metric(f"train/{k}", float(v), 0, int(m["step"])) for m in history for k, v in m.items()
                if k != "step"]
     metrics += [Metric(k, float(getattr(evaluation, k)), 0, trained.steps) for k in ("fid", "kid", "kid_std")]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,6 +23,50 @@ log = logging.getLogger("ganflow.train")
 
 # Test-only fault injection: "STEP" makes rank 1 (or rank 0 alone) die hard once at that step.
 FAULT_ENV = "GANFLOW_TEST_KILL_AT_STEP"
+
+
+def storage(cfg: GanflowConfig):
+    """(storage_path, filesystem) for Ray's RunConfig: local paths as they are, s3:// through
+    pyarrow's S3 filesystem on the data endpoint (credentials from the AWS chain, not the config)."""
+    path = cfg.train.storage_path
+    if not path.startswith("s3://"):
+        return str(Path(path).expanduser().resolve()), None
+    from urllib.parse import urlparse
+
+    import pyarrow.fs
+
+    options = {}
+    if cfg.data.endpoint_url:
+        url = urlparse(cfg.data.endpoint_url)
+        options.update(endpoint_override=url.netloc, scheme=url.scheme)
+    if cfg.data.region:
+        options["region"] = cfg.data.region
+    return path[len("s3://"):].rstrip("/"), pyarrow.fs.S3FileSystem(**options)
+
+
+def local_checkpoint(uri: str, cfg: GanflowConfig) -> Path:
+    """A local folder with the checkpoint at `uri` (downloaded once when it lives in S3)."""
+    if not uri.startswith("s3://"):
+        return Path(uri)
+    import hashlib
+
+    from tasks.s3 import make_client, parse_s3_uri, s3_errors
+
+    local = Path(cfg.data.cache_dir).expanduser().resolve() / "checkpoints" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    if (local / "checkpoint.pt").is_file():
+        return local
+    bucket, prefix = parse_s3_uri(uri.rstrip("/") + "/")
+    client = make_client(cfg.data.endpoint_url, cfg.data.region)
+    tmp = local.with_name(local.name + ".part")
+    tmp.mkdir(parents=True, exist_ok=True)
+    with s3_errors("download", uri, cfg.data.endpoint_url):
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                name = obj["Key"][len(prefix):]
+                if name and "/" not in name:  # checkpoint folders are flat
+                    client.download_file(bucket, obj["Key"], str(tmp / name))
+    tmp.replace(local)
+    return local
 
 
 def run_name(cfg: GanflowConfig, dataset: DatasetVersion) -> str:
@@ -69,10 +114,10 @@ def _train_worker(config: dict) -> None:
         return prepare_model(module, parallel_strategy_kwargs={"broadcast_buffers": broadcast_buffers})
 
     kill_at = config.get("kill_at_step")
-    marker = Path(config["storage"]) / f".{config['name']}.killed"
+    marker = Path(config["kill_marker"]) if config.get("kill_marker") else None
 
     def before_step(step: int) -> None:
-        if kill_at and step == int(kill_at) and rank == min(1, world - 1) and not marker.exists():
+        if kill_at and marker and step == int(kill_at) and rank == min(1, world - 1) and not marker.exists():
             marker.touch()
             # Ray Train registers reported checkpoints on its health-check poll
             # (every 2 s by default): a crash within that window of a report
@@ -194,17 +239,20 @@ def train_gan(cfg: GanflowConfig, dataset: DatasetVersion) -> TrainResult:
         resources.setdefault("GPU", 1)
     _ensure_ray(resources.get("CPU", 1) * tc.num_workers)
 
-    storage = str(Path(tc.storage_path).expanduser().resolve())
+    storage_path, filesystem = storage(cfg)
     name = run_name(cfg, dataset)
     progress = _Progress(tc.steps, name)
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "dataset_uri": dataset.uri,
-                           "storage": storage, "name": name, "kill_at_step": os.environ.get(FAULT_ENV)},
+                           "name": name, "kill_at_step": os.environ.get(FAULT_ENV),
+                           # once per storage location and run: the restarted worker must live
+                           "kill_marker": str(Path(tempfile.gettempdir()) / "ganflow-kill-{}.marker".format(
+                               abs(hash((storage_path, name))))) if os.environ.get(FAULT_ENV) else None},
         scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(
-            name=name, storage_path=storage,
+            name=name, storage_path=storage_path, storage_filesystem=filesystem,
             checkpoint_config=CheckpointConfig(num_to_keep=tc.keep_checkpoints),
             failure_config=FailureConfig(max_failures=tc.max_failures),
             # Ray Train's per-report INFO lines stay in its log files; our
@@ -224,5 +272,6 @@ def train_gan(cfg: GanflowConfig, dataset: DatasetVersion) -> TrainResult:
     if result.checkpoint is None:
         raise PipelineError("training finished without a checkpoint: check train.checkpoint_every")
     metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
-    return TrainResult(checkpoint_uri=result.checkpoint.path, run_name=name,
+    uri = f"s3://{result.checkpoint.path}" if filesystem is not None else result.checkpoint.path
+    return TrainResult(checkpoint_uri=uri, run_name=name,
                        steps=int(metrics.get("step", tc.steps)), metrics=metrics)
