@@ -93,7 +93,8 @@ def _one_step_worker(config):
     torch.save({"G": g.state_dict(), "D": d.state_dict()}, Path(config["out"]) / f"rank{rank}.pt")
 
 
-def test_ddp_step_equals_the_single_process_average_of_per_worker_gradients(tmp_path):
+@pytest.mark.parametrize("d_norm", ["batch", "spectral"])
+def test_ddp_step_equals_the_single_process_average_of_per_worker_gradients(tmp_path, d_norm):
     import ray.cloudpickle
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -104,23 +105,25 @@ def test_ddp_step_equals_the_single_process_average_of_per_worker_gradients(tmp_
     from gan_model.training import RankData, step_latents
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    cfg = tiny(tmp_path, "train.steps=1", "train.log_every=1", "train.checkpoint_every=100")
+    cfg = tiny(tmp_path, "train.steps=1", "train.log_every=1", "train.checkpoint_every=100", f"model.d_norm={d_norm}")
     dataset = make_dataset(tmp_path)
     TorchTrainer(_one_step_worker,
                  train_loop_config={"cfg": cfg.model_dump(mode="json"), "uri": dataset.uri, "out": str(tmp_path)},
                  scaling_config=ScalingConfig(num_workers=2),
                  run_config=RunConfig(name="ddp-check", storage_path=str(tmp_path / "ray"))).fit()
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    torch.manual_seed(cfg.train.seed)
+    g, d = build_networks(cfg.model, cfg.data)
+    # Parameters only: BatchNorm statistics and spectral-norm power-iteration vectors are
+    # per-worker buffers by design.
+    param_keys = {"G": [k for k, _ in g.named_parameters()], "D": [k for k, _ in d.named_parameters()]}
     for part in ("G", "D"):  # DDP keeps every worker's parameters identical
-        for k, v in ranks[0][part].items():
-            if "running" not in k and "num_batches" not in k:
-                torch.testing.assert_close(v, ranks[1][part][k], rtol=0, atol=0)
+        for k in param_keys[part]:
+            torch.testing.assert_close(ranks[0][part][k], ranks[1][part][k], rtol=0, atol=0)
 
     # The same step in one process: each worker's batch through its own copy of the
     # networks (BatchNorm statistics are per worker), gradients averaged, one Adam step.
     tc = cfg.train
-    torch.manual_seed(tc.seed)
-    g, d = build_networks(cfg.model, cfg.data)
     images = ShardedImages(dataset.uri)
     reals = [torch.from_numpy(RankData(images, tc.seed, r, 2, tc.batch_size).batch(0)).float() / 127.5 - 1
              for r in range(2)]
@@ -138,11 +141,12 @@ def test_ddp_step_equals_the_single_process_average_of_per_worker_gradients(tmp_
 
     averaged_step(d, ds, [d_loss_real(ds[r](reals[r])) + d_loss_fake(ds[r](fakes[r].detach())) for r in range(2)],
                   tc.lr_d)
-    for r in range(2):
-        ds[r].load_state_dict(d.state_dict())
+    for r in range(2):  # each worker's D now has the updated parameters and its own buffers
+        with torch.no_grad():
+            for p_r, p in zip(ds[r].parameters(), d.parameters()):
+                p_r.copy_(p)
         ds[r].requires_grad_(False)
     averaged_step(g, gs, [g_loss(ds[r](fakes[r])) for r in range(2)], tc.lr_g)
     for part, model in (("G", g), ("D", d)):
-        for k, v in model.state_dict().items():
-            if "running" not in k and "num_batches" not in k:
-                torch.testing.assert_close(ranks[0][part][k], v, rtol=1e-4, atol=1e-6)
+        for k, v in model.named_parameters():
+            torch.testing.assert_close(ranks[0][part][k], v.detach(), rtol=1e-4, atol=1e-6)
