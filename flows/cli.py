@@ -415,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
             # Keep the result (or the error) the last thing printed: Prefect's
             # "stopping temporary server" notice at exit is not news.
             logging.getLogger("prefect").setLevel(logging.WARNING)
+            _shutdown_ray()
     except ConfigError as err:
         print(f"ganflow: error: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -128,6 +128,8 @@ class EvalConfig(_Section):
     grid_size: int = Field(64, gt=0, description="images in the logged sample grid")
     seed: int = 1234
     output_dir: str = Field(".ganflow/eval", description="sample grids and exported generators")
+    num_workers: int | None = Field(None, gt=0, description="Ray workers that generate and extract features "
+                                    "(each its share, merged exactly); None = train.num_workers, 1 = on the driver")
 
 
 class RegistryConfig(_Section):

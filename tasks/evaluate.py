@@ -74,7 +74,7 @@ def _batches(images: ShardedImages, indices: np.ndarray, batch: int):
 
 
 def _extractor(ev: EvalConfig, data: DataConfig, cache: Path, images: ShardedImages,
-               ref_idx: np.ndarray) -> tuple[InceptionFeatures, str, str]:
+               ref_idx: np.ndarray) -> tuple[InceptionFeatures, str, Path]:
     path, kind = resolve_weights(ev, data)
     if kind == "random":
         # Random weights are calibrated on this data set's reference images
@@ -91,7 +91,7 @@ def _extractor(ev: EvalConfig, data: DataConfig, cache: Path, images: ShardedIma
         net = InceptionFeatures(path, batch_size=ev.batch_size)
     except WeightsUnavailable as err:
         raise PipelineError(str(err)) from None
-    return net, kind, sha256_file(path)
+    return net, kind, path
 
 
 def evaluate_generator(cfg: GanflowConfig, dataset: DatasetVersion, trained: TrainResult) -> EvalResult:
@@ -110,7 +110,8 @@ def evaluate_generator_file(cfg: GanflowConfig, dataset: DatasetVersion, generat
     cache = local / CACHE_DIR
     cache.mkdir(exist_ok=True)
     ref_idx = _reference_indices(len(images), ev.n_reference, ev.seed)
-    net, kind, weights_sha = _extractor(ev, cfg.data, cache, images, ref_idx)
+    net, kind, weights_path = _extractor(ev, cfg.data, cache, images, ref_idx)
+    weights_sha = sha256_file(weights_path)
     keep = max(ev.kid_subset_size, min(ev.n_generated, ev.n_reference))
 
     # 1. Reference statistics: once per (data set version, protocol).
@@ -122,10 +123,16 @@ def evaluate_generator_file(cfg: GanflowConfig, dataset: DatasetVersion, generat
         ref = stats_of(net, _batches(images, ref_idx, ev.batch_size), keep)
         ref.save(ref_file)
 
-    # 2. Generated statistics from the EMA generator, one seed per image.
+    # 2. Generated statistics from the EMA generator, one seed per image: on the
+    #    Ray workers (each its share of the seeds, merged exactly) or here.
     out_dir = Path(generator_path).parent
     g = load_generator(generator_path)
-    gen = stats_of(net, generate_batches(g, ev.n_generated, ev.seed, ev.batch_size), keep)
+    workers = min(ev.num_workers if ev.num_workers is not None else cfg.train.num_workers, ev.n_generated)
+    if workers > 1:
+        from tasks.distributed_eval import generated_stats_on_ray
+        gen = generated_stats_on_ray(cfg, generator_path, weights_path, keep, workers)
+    else:
+        gen = stats_of(net, generate_batches(g, ev.n_generated, ev.seed, ev.batch_size), keep)
     grid = next(generate_batches(g, ev.grid_size, ev.seed, ev.grid_size))
     sample_grid = save_png(make_grid(grid), out_dir / "samples.png")
 
@@ -143,6 +150,7 @@ def evaluate_generator_file(cfg: GanflowConfig, dataset: DatasetVersion, generat
         "n_generated": str(scores["n_generated"]), "n_reference": str(scores["n_reference"]),
         "reference": f"{dataset.version}: seeded subset (seed {ev.seed}) of the training images",
         "kid": f"poly3, {ev.kid_subsets} subsets of {ev.kid_subset_size}",
+        "generated_on": f"{workers} Ray workers" if workers > 1 else "the driver",
         "torch_fidelity": metadata.version("torch-fidelity"), "torch": metadata.version("torch"),
     }
     protocol["key"] = protocol_key(protocol)
