@@ -88,6 +88,8 @@ def _train_worker(config: dict) -> None:
     # broadcast_buffers=False is what we want for D (rank-local BatchNorm
     # statistics); torch's deprecation notice about it is not for users.
     warnings.filterwarnings("ignore", message=".*broadcast_buffers.*")
+    # Ray Train logs every report at INFO from the worker; our own progress line says it shorter.
+    logging.getLogger("ray.train.v2._internal.execution.context").setLevel(logging.WARNING)
     cfg = GanflowConfig.model_validate(config["cfg"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -144,8 +146,9 @@ def _ensure_ray(num_cpus_needed: float) -> None:
         ray.init(address=address, **quiet)
     else:
         # A local instance sized to the machine (never fewer CPUs than the workers ask for).
-        ray.init(num_cpus=max(os.cpu_count() or 1, int(num_cpus_needed + 0.999)), include_dashboard=False,
-                 **quiet)
+        # With the dashboard (ray[default]) users can watch the workers at
+        # http://127.0.0.1:8265, and Ray Train's cleanup actor can query actor state.
+        ray.init(num_cpus=max(os.cpu_count() or 1, int(num_cpus_needed + 0.999)), **quiet)
 
 
 class _Progress:
@@ -200,29 +203,36 @@ class _Progress:
 
 
 def _fit_watched(trainer, progress: _Progress, stop_ray_on_abort: bool):
-    """trainer.fit() in a thread while this one relays progress; Ctrl-C or SIGTERM stops the workers."""
-    from concurrent.futures import ThreadPoolExecutor
-    from concurrent.futures import TimeoutError as FutureTimeout
+    """trainer.fit() in a daemon thread while this one relays progress; Ctrl-C or SIGTERM
+    (which arrive in this thread) stop the workers."""
+    import threading
 
     import ray
 
-    pool = ThreadPoolExecutor(1, thread_name_prefix="ganflow-fit")
-    future = pool.submit(trainer.fit)
+    outcome: dict = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as err:  # handed to the waiting thread
+            outcome["error"] = err
+
+    # A daemon thread: if we are interrupted, interpreter exit must not wait for it.
+    thread = threading.Thread(target=fit, name="ganflow-fit", daemon=True)
+    thread.start()
     try:
-        while True:
-            try:
-                return future.result(timeout=2.0)
-            except FutureTimeout:
-                progress.drain()
+        while thread.is_alive():
+            thread.join(timeout=2.0)
+            progress.drain()
     except BaseException:
-        if not future.done() and stop_ray_on_abort:
+        if stop_ray_on_abort:
             ray.shutdown()  # a local instance: its workers go with it, no orphans
         raise
     finally:
-        if future.done():
-            progress.drain()
         progress.close()
-        pool.shutdown(wait=False)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 def train_gan(cfg: GanflowConfig, dataset: DatasetVersion) -> TrainResult:

@@ -80,3 +80,62 @@ def test_an_error_inside_the_flow_is_still_one_line_without_traceback(s3, s3_ser
              "PREFECT_HOME": str(env_home), "PYTHONPATH": str(ROOT)})
     assert_one_line_error(proc, 1, "none of the 2 objects", "is a usable image")
     assert "Finished in state Failed" in proc.stderr  # it did fail inside the Prefect flow
+
+
+def test_fid_command_between_two_folders(tmp_path):
+    from PIL import Image
+
+    from tests.helpers import digits
+    imgs = digits(24, size=32)
+    for name, part in (("a", imgs[:12]), ("b", imgs[12:])):
+        (tmp_path / name).mkdir()
+        for i, img in enumerate(part):
+            Image.fromarray(img).save(tmp_path / name / f"{i}.png")
+    (tmp_path / "b" / "notes.txt").write_text("not an image: ignored")
+    proc = ganflow("fid", str(tmp_path / "a"), str(tmp_path / "b"), "--weights", "random", "--batch-size", "12",
+                   "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = __import__("json").loads(proc.stdout)
+    assert result["n_generated"] == result["n_reference"] == 12 and result["weights"] == "random"
+    assert result["fid"] > 0 and len(result["weights_sha256"]) == 64
+    missing = ganflow("fid", str(tmp_path / "a"), str(tmp_path / "nope"), "--weights", "random", cwd=tmp_path)
+    assert_one_line_error(missing, 2, "does not exist")
+
+
+def test_ctrl_c_stops_the_ray_workers(tmp_path):
+    """Interrupting `ganflow run` mid-training leaves no Ray worker behind."""
+    import signal
+    import time
+
+    from tests.helpers import digits  # noqa: F401  (the embedded server seeds scikit-learn digits)
+    def ray_workers() -> set[str]:
+        pids = subprocess.run(["pgrep", "-f", "RayTrainWorker"], capture_output=True, text=True).stdout.split()
+        alive = set()
+        for pid in pids:
+            try:  # a zombie has exited already
+                if Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z":
+                    alive.add(pid)
+            except (OSError, IndexError):
+                pass
+        return alive
+
+    before = ray_workers()  # other Ray sessions on this machine are not ours to judge
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PREFECT_", "MLFLOW_"))}
+    env.update(HOME=str(tmp_path), PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "run", "--config", str(ROOT / "configs" / "smoke.yaml"),
+         "--set", "train.steps=100000", "--set", "train.log_every=10"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline, seen = time.monotonic() + 240, ""
+    while time.monotonic() < deadline and "[ganflow] step" not in seen:
+        seen += proc.stdout.readline()
+    assert "[ganflow] step" in seen, seen[-2000:]
+    workers = ray_workers() - before
+    assert workers  # training is running in Ray worker processes
+    proc.send_signal(signal.SIGINT)
+    rest = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, rest[-2000:]
+    deadline = time.monotonic() + 30  # Ray's own shutdown is asynchronous
+    while time.monotonic() < deadline and workers & ray_workers():
+        time.sleep(0.5)
+    assert workers & ray_workers() == set()

@@ -78,13 +78,17 @@ def test_pipeline_registers_evaluates_promotes_and_is_idempotent(prefect_harness
     files = sorted(out.glob("*.png"))
     assert len(files) == 3 and np.asarray(Image.open(files[0])).shape == (16, 16)
 
-    # 5. Re-evaluating a registered version reproduces its recorded FID (same protocol, cached
-    #    reference statistics).
+    # 5. Re-evaluating a registered version reproduces its recorded FID (same protocol), reusing
+    #    the cached reference statistics.
+    ref_cache = sorted((tmp_path / "datasets").glob("*/fid-cache/ref-*.npz"))
+    assert len(ref_cache) == 1
+    cached_at = ref_cache[0].stat().st_mtime_ns
     capsys.readouterr()
     assert main(["evaluate", "--model", f"models:/{name}/1", "--json"]) == 0
     evaluated = json.loads(capsys.readouterr().out)
     assert evaluated["recorded_fid"] == pytest.approx(first["fid"], rel=1e-6)
     assert evaluated["fid"] == pytest.approx(first["fid"], rel=1e-4)
+    assert ref_cache[0].stat().st_mtime_ns == cached_at  # not recomputed
 
     # 6. Manual rollback, which a later run of the same flow does not undo.
     assert main(["promote", name, "1", "--alias", "champion"]) == 0
