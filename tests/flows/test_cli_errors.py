@@ -126,15 +126,23 @@ def test_ctrl_c_stops_the_ray_workers(tmp_path):
         [sys.executable, "-m", "flows.cli", "run", "--config", str(ROOT / "configs" / "smoke.yaml"),
          "--set", "train.steps=100000", "--set", "train.log_every=10"],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline, seen = time.monotonic() + 240, ""
-    while time.monotonic() < deadline and "[ganflow] step" not in seen:
-        seen += proc.stdout.readline()
-    assert "[ganflow] step" in seen, seen[-2000:]
-    workers = ray_workers() - before
-    assert workers  # training is running in Ray worker processes
-    proc.send_signal(signal.SIGINT)
-    rest = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 130, rest[-2000:]
+    try:
+        deadline, seen = time.monotonic() + 240, ""
+        while time.monotonic() < deadline and "[ganflow] step" not in seen:
+            seen += proc.stdout.readline()
+        assert "[ganflow] step" in seen, seen[-2000:]
+        workers = ray_workers() - before
+        assert workers  # training is running in Ray worker processes
+        proc.send_signal(signal.SIGINT)
+        rest = proc.communicate(timeout=120)[0]
+        assert proc.returncode == 130, rest[-2000:]
+    finally:
+        if proc.poll() is None:  # a failed test must not leave the run behind
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
     deadline = time.monotonic() + 30  # Ray's own shutdown is asynchronous
     while time.monotonic() < deadline and workers & ray_workers():
         time.sleep(0.5)
