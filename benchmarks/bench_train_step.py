@@ -86,3 +86,8 @@ def run(cases=((32, 32, 64, 40), (64, 64, 64, 12)), repeats: int = 3) -> list[di
                      "ganflow": statistics.median(ours), "baseline": statistics.median(base),
                      "ratio": statistics.median(ours) / statistics.median(base)})
     return rows
+
+
+def to_markdown(rows: list[dict]) -> list[str]:
+    lines = ["| case | ganflow img/s | baseline img/s | ratio |", "|---|---|---|---|"]
+    return lines + [f"| {r['case']} | {r['ganflow']:.0f} | {r['baseline']:.0f} | {r['ratio']:.2f}x |" for r in rows]

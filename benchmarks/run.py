@@ -27,32 +27,38 @@ def machine() -> str:
     return f"{os.cpu_count()} CPUs ({cpu}), {gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
-def main(which: list[str]) -> None:
-    from benchmarks import bench_ingest
+# name -> (title, what is measured); each module has run() and to_markdown(rows).
+BENCHMARKS = {
+    "train": ("Training-step throughput",
+              "Single process; images/s is the median of 3 alternating runs; ratio = ganflow / baseline "
+              "(the PyTorch examples' DCGAN loop on the same networks and batch)."),
+    "ingest": ("Ingest throughput",
+               "5,000 MNIST PNGs (about 1.4 MB) on the local moto server, all measured in one run; "
+               "client CPU includes the decode processes."),
+    "fid": ("FID feature extraction",
+            "MNIST 28x28 digits (grey, expanded to RGB), the same calibrated random Inception weights file "
+            "for both, batch 32; ratio = torch-fidelity time / ganflow time."),
+    "scaling": ("Ray Train worker scaling",
+                "DCGAN 32x32 width 32, global batch 128, all cores used in both runs, 120 steps."),
+}
+MODULES = {"train": "bench_train_step", "ingest": "bench_ingest", "fid": "bench_fid", "scaling": "bench_scaling"}
 
+
+def main(which: list[str]) -> None:
+    import importlib
+
+    unknown = set(which) - set(BENCHMARKS)
+    if unknown:
+        sys.exit(f"unknown benchmark(s) {sorted(unknown)}: choose from {sorted(BENCHMARKS)}")
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines: list[str] = []
-    if not which or "ingest" in which:
-        lines += [f"\n## Ingest throughput, {stamp}\n",
-                  f"Command: `make bench` (`python -m benchmarks.run ingest`). Machine: {machine()}. "
-                  "5,000 MNIST PNGs (about 1.4 MB) on the local moto server, all measured in one run; "
-                  "client CPU includes the decode processes.\n"]
-        lines += bench_ingest.to_markdown(bench_ingest.run())
-    if not which or "train" in which:
-        lines += train_section(stamp)
-    if not which or "fid" in which:
-        from benchmarks import bench_fid
-        lines += [f"\n## FID feature extraction, {stamp}\n",
-                  f"Command: `make bench` (`python -m benchmarks.run fid`). Machine: {machine()}. "
-                  "MNIST 28x28 digits (grey, expanded to RGB), the same calibrated random Inception "
-                  "weights file for both, batch 32; ratio = torch-fidelity time / ganflow time.\n"]
-        lines += bench_fid.to_markdown(bench_fid.run())
-    if not which or "scaling" in which:
-        from benchmarks import bench_scaling
-        lines += [f"\n## Ray Train worker scaling, {stamp}\n",
-                  f"Command: `make bench` (`python -m benchmarks.run scaling`). Machine: {machine()}. "
-                  "DCGAN 32x32 width 32, global batch 128, all cores used in both runs, 120 steps.\n"]
-        lines += bench_scaling.to_markdown(bench_scaling.run())
+    for name, (title, what) in BENCHMARKS.items():
+        if which and name not in which:
+            continue
+        module = importlib.import_module(f"benchmarks.{MODULES[name]}")
+        lines += [f"\n## {title}, {stamp}\n",
+                  f"Command: `make bench` (`python -m benchmarks.run {name}`). Machine: {machine()}. {what}\n"]
+        lines += module.to_markdown(module.run())
     text = "\n".join(lines) + "\n"
     if not RESULTS.exists():
         RESULTS.write_text("# Benchmark results\n\nEach section is appended by `make bench`; "
@@ -60,19 +66,6 @@ def main(which: list[str]) -> None:
     with RESULTS.open("a") as f:
         f.write(text)
     sys.stdout.write(text)
-
-
-def train_section(stamp: str) -> list[str]:
-    from benchmarks import bench_train_step
-
-    rows = bench_train_step.run()
-    lines = [f"\n## Training-step throughput, {stamp}\n",
-             f"Command: `make bench` (`python -m benchmarks.run`). Machine: {machine()}.\n",
-             "Single process; images/s is the median of 3 alternating runs; ratio = ganflow / baseline "
-             "(the PyTorch examples' DCGAN loop on the same networks and batch).\n",
-             "| case | ganflow img/s | baseline img/s | ratio |", "|---|---|---|---|"]
-    lines += [f"| {r['case']} | {r['ganflow']:.0f} | {r['baseline']:.0f} | {r['ratio']:.2f}x |" for r in rows]
-    return lines
 
 
 if __name__ == "__main__":
