@@ -428,8 +428,29 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _shutdown_ray()
         print("ganflow: interrupted", file=sys.stderr)
-        return 130
+        _exit_now(130)
+    except SystemExit as stop:
+        if stop.code == 143:  # our SIGTERM handler
+            _shutdown_ray()
+            print("ganflow: terminated", file=sys.stderr)
+            _exit_now(143)
+        raise
     return 0
+
+
+def _exit_now(code: int) -> None:
+    """Exit after an interrupt without interpreter finalisation.
+
+    The thread that ran `trainer.fit()` may still be inside Ray's C++ core when the
+    interpreter tears down, which can abort the process (SIGABRT) instead of exiting with
+    `code`. Cleanup registered with atexit (Prefect's temporary server, ...) still runs.
+    """
+    import atexit
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    atexit._run_exitfuncs()
+    os._exit(code)
 
 
 if __name__ == "__main__":
