@@ -37,7 +37,8 @@ def ganflow_images_per_s(cfg, images: np.ndarray, warmup: int) -> float:
     def report(metrics, ckpt) -> None:
         marks.setdefault("t1", time.perf_counter())
 
-    train(cfg, RankData(images, seed=0, batch_size=cfg.train.batch_size),
+    train(cfg.model, cfg.train.recipe(), RankData(images, seed=0, batch_size=cfg.train.batch_size),
+          log_every=cfg.train.log_every, checkpoint_every=cfg.train.checkpoint_every,
           hooks=Hooks(report=report, before_step=before))
     return (cfg.train.steps - warmup) * cfg.train.batch_size / (marks["t1"] - marks["t0"])
 
@@ -45,7 +46,7 @@ def ganflow_images_per_s(cfg, images: np.ndarray, warmup: int) -> float:
 def baseline_images_per_s(cfg, images: np.ndarray, warmup: int) -> float:
     """pytorch/examples dcgan/main.py's loop, with the same networks (logits + BCEWithLogits)."""
     torch.manual_seed(0)
-    net_g, net_d = build_networks(cfg.model, cfg.data)
+    net_g, net_d = build_networks(cfg.model, cfg.data.channels, cfg.data.resolution)
     criterion = nn.BCEWithLogitsLoss()
     opt_d = torch.optim.Adam(net_d.parameters(), lr=2e-4, betas=(0.5, 0.999))
     opt_g = torch.optim.Adam(net_g.parameters(), lr=2e-4, betas=(0.5, 0.999))

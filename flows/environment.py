@@ -13,20 +13,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from pathlib import Path
 from typing import Iterator
 
-from gan_model.config import GanflowConfig
+from gan_model.config import DEMO_BUCKET, STATE_DIR, GanflowConfig
 
-STATE = Path(".ganflow")
-DEMO_BUCKET = "ganflow-demo"
 log = logging.getLogger("ganflow")
 
 
 def set_local_defaults() -> None:
     """Call before importing prefect, ray or mlflow."""
     if not os.environ.get("PREFECT_API_URL") and not os.environ.get("PREFECT_HOME"):
-        os.environ["PREFECT_HOME"] = str((STATE / "prefect").resolve())
+        os.environ["PREFECT_HOME"] = str((STATE_DIR / "prefect").resolve())
     # This machine may be offline: no usage-statistics calls home.
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -57,8 +54,8 @@ def data_source(cfg: GanflowConfig) -> Iterator[GanflowConfig]:
     from infra.sample_data import seed_bucket
     from tasks.s3 import make_client, parse_s3_uri
 
-    STATE.mkdir(exist_ok=True)
-    with LocalS3Server(log_path=str(STATE / "s3-server.log")) as server, local_credentials():
+    STATE_DIR.mkdir(exist_ok=True)
+    with LocalS3Server(log_path=str(STATE_DIR / "s3-server.log")) as server, local_credentials():
         cfg = cfg.model_copy(deep=True)
         cfg.data.endpoint_url = server.url
         bucket, prefix = parse_s3_uri(cfg.data.source)

@@ -18,8 +18,19 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
-class ConfigError(ValueError):
-    """A configuration problem, phrased as one line that names the fix."""
+from gan_model.errors import ConfigError
+
+# The project-local state folder of the embedded defaults (data sets, caches,
+# Ray results, the MLflow database, the Prefect home), and the demo bucket the
+# embedded S3 server serves. Every default path below lives under STATE_DIR.
+STATE_DIR = Path(".ganflow")
+DEMO_BUCKET = "ganflow-demo"
+
+
+def identity_hash(*parts: BaseModel | dict) -> str:
+    """A short content hash of whole (sub-)models: a new field is part of the identity by default."""
+    payload = [p.model_dump(mode="json") if isinstance(p, BaseModel) else p for p in parts]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _no_secret(uri: str | None) -> str | None:
@@ -34,22 +45,40 @@ def _no_secret(uri: str | None) -> str | None:
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    def part(self, cls: type[BaseModel]) -> BaseModel:
+        """The sub-model `cls` (a base class of this section) holding this section's values."""
+        return cls.model_validate(self.model_dump(include=set(cls.model_fields)))
 
-class DataConfig(_Section):
-    source: str = Field("s3://ganflow-demo/mnist/", description="s3://bucket/prefix holding the images")
-    endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, Ceph...); None = AWS or AWS_ENDPOINT_URL")
-    region: str | None = Field(None, description="S3 region; None = the boto3 default chain")
-    embedded_server: Literal["auto", "always", "never"] = Field(
-        "auto", description="start a local S3-compatible server seeded with a sample data set "
-        "(auto: only for the s3://ganflow-demo/ bucket when no endpoint and no AWS credentials are configured)")
-    seed_dataset: Literal["mnist", "digits"] = Field("mnist", description="sample data the embedded server is seeded with")
-    processed_uri: str = Field(".ganflow/datasets", description="where versioned shards are written: a local folder or an s3:// prefix (multi-node clusters)")
-    cache_dir: str = Field(".ganflow/cache", description="local download cache, keyed by object ETag")
+
+class Preprocessing(_Section):
+    """What turns objects into a data set. Every field here is part of the data set version."""
+
     resolution: int = Field(32, description="output side length in pixels (power of two, 16..256)")
     channels: Literal[1, 3] = Field(1, description="1 = grayscale, 3 = RGB; inputs are converted")
     small_images: Literal["upscale", "skip"] = Field("upscale", description="policy for images smaller than the resolution")
     max_pixels: int = Field(64_000_000, gt=0, description="decompression-bomb limit per image")
     max_images: int | None = Field(None, gt=0, description="use at most this many objects (by key order)")
+
+    @field_validator("resolution")
+    @classmethod
+    def _power_of_two(cls, v: int) -> int:
+        if v < 16 or v > 256 or v & (v - 1):
+            raise ValueError(f"must be a power of two between 16 and 256, got {v}")
+        return v
+
+
+class DataConfig(Preprocessing):
+    """Where the images come from and where the data set goes: not part of its identity."""
+
+    source: str = Field(f"s3://{DEMO_BUCKET}/mnist/", description="s3://bucket/prefix holding the images")
+    endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, Ceph...); None = AWS or AWS_ENDPOINT_URL")
+    region: str | None = Field(None, description="S3 region; None = the boto3 default chain")
+    embedded_server: Literal["auto", "always", "never"] = Field(
+        "auto", description=f"start a local S3-compatible server seeded with a sample data set "
+        f"(auto: only for the s3://{DEMO_BUCKET}/ bucket when no endpoint and no AWS credentials are configured)")
+    seed_dataset: Literal["mnist", "digits"] = Field("mnist", description="sample data the embedded server is seeded with")
+    processed_uri: str = Field(str(STATE_DIR / "datasets"), description="where versioned shards are written: a local folder or an s3:// prefix (multi-node clusters)")
+    cache_dir: str = Field(str(STATE_DIR / "cache"), description="local download cache, keyed by object ETag")
     shard_size: int = Field(4096, gt=0, description="images per uint8 shard")
     download_workers: int = Field(16, gt=0, le=256, description="concurrent S3 downloads")
     decode_processes: int | None = Field(
@@ -73,12 +102,8 @@ class DataConfig(_Section):
             raise ValueError(f"must be an http(s):// URL, got {v!r}")
         return _no_secret(v)
 
-    @field_validator("resolution")
-    @classmethod
-    def _power_of_two(cls, v: int) -> int:
-        if v < 16 or v > 256 or v & (v - 1):
-            raise ValueError(f"must be a power of two between 16 and 256, got {v}")
-        return v
+    def preprocessing(self) -> Preprocessing:
+        return self.part(Preprocessing)
 
 
 class ModelConfig(_Section):
@@ -89,10 +114,10 @@ class ModelConfig(_Section):
     d_norm: Literal["batch", "spectral", "none"] = Field("batch", description="normalisation in D")
 
 
-class TrainConfig(_Section):
+class TrainRecipe(_Section):
+    """What training computes. Every field here (with the model section) is part of the run's identity."""
+
     num_workers: int = Field(2, gt=0, description="Ray Train workers")
-    use_gpu: bool = False
-    resources_per_worker: dict[str, float] = Field(default_factory=dict, description="e.g. {CPU: 4, GPU: 1}")
     batch_size: int = Field(64, gt=0, description="per-worker batch; global batch = batch_size * num_workers")
     steps: int = Field(1000, gt=0, description="optimisation steps in total (resumes never add more)")
     lr_g: float = Field(2e-4, gt=0)
@@ -104,36 +129,57 @@ class TrainConfig(_Section):
     beta2: float = Field(0.999, ge=0, lt=1)
     ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA of G; ramped up during the first steps")
     seed: int = 0
-    checkpoint_every: int = Field(250, gt=0)
-    keep_checkpoints: int = Field(2, gt=0)
-    log_every: int = Field(50, gt=0)
-    max_failures: int = Field(2, ge=0, description="worker restarts from the latest checkpoint")
-    storage_path: str = Field(".ganflow/ray_results", description="Ray Train checkpoints: a local (or shared) path, "
-                              "or an s3:// prefix on data.endpoint_url for clusters without a shared disk")
-    threads_per_worker: int | None = Field(None, gt=0, description="torch threads per CPU worker; None = CPUs per worker")
 
     def lr_scale(self) -> float:
         ratio = self.batch_size * self.num_workers / self.base_batch
         return {"none": 1.0, "linear": ratio, "sqrt": ratio ** 0.5}[self.lr_scaling]
 
 
-class EvalConfig(_Section):
+class TrainConfig(TrainRecipe):
+    """Where training runs, how it reports and recovers: changing these resumes the same run."""
+
+    use_gpu: bool = False
+    resources_per_worker: dict[str, float] = Field(default_factory=dict, description="e.g. {CPU: 4, GPU: 1}")
+    checkpoint_every: int = Field(250, gt=0)
+    keep_checkpoints: int = Field(2, gt=0)
+    log_every: int = Field(50, gt=0)
+    max_failures: int = Field(2, ge=0, description="worker restarts from the latest checkpoint")
+    storage_path: str = Field(str(STATE_DIR / "ray_results"), description="Ray Train checkpoints: a local (or shared) "
+                              "path, or an s3:// prefix on data.endpoint_url for clusters without a shared disk")
+    threads_per_worker: int | None = Field(None, gt=0, description="torch threads per CPU worker; None = CPUs per worker")
+
+    def recipe(self) -> TrainRecipe:
+        return self.part(TrainRecipe)
+
+
+class EvalProtocol(_Section):
+    """What makes two FIDs comparable. Every field here is part of the evaluation protocol's identity
+    (with the weights' hash in place of `fid_weights`, and the data set version)."""
+
     fid_weights: str = Field(
         "auto", description="standard | auto | random | a path or s3:// URI of the 2015-12-05 Inception weights")
     n_generated: int = Field(256, gt=1)
     n_reference: int = Field(256, gt=1, description="reference images from the data set (capped at its size)")
-    batch_size: int = Field(32, gt=0)
     kid_subset_size: int = Field(100, gt=1)
     kid_subsets: int = Field(50, gt=0)
+    seed: int = Field(1234, description="first latent seed; also picks the reference subset")
+
+
+class EvalConfig(EvalProtocol):
+    """How evaluation runs and where its outputs go: not part of the protocol."""
+
+    batch_size: int = Field(32, gt=0, description="Inception batch size")
     grid_size: int = Field(64, gt=0, description="images in the logged sample grid")
-    seed: int = 1234
-    output_dir: str = Field(".ganflow/eval", description="sample grids and exported generators")
+    output_dir: str = Field(str(STATE_DIR / "eval"), description="sample grids and exported generators")
     num_workers: int | None = Field(None, gt=0, description="Ray workers that generate and extract features "
                                     "(each its share, merged exactly); None = train.num_workers, 1 = on the driver")
 
+    def protocol(self) -> EvalProtocol:
+        return self.part(EvalProtocol)
+
 
 class RegistryConfig(_Section):
-    tracking_uri: str | None = Field(None, description="None = MLFLOW_TRACKING_URI or SQLite under .ganflow")
+    tracking_uri: str | None = Field(None, description=f"None = MLFLOW_TRACKING_URI or SQLite under {STATE_DIR}")
 
     @field_validator("tracking_uri")
     @classmethod
@@ -160,17 +206,11 @@ class GanflowConfig(_Section):
         return self
 
     def training_identity(self) -> str:
-        """Hash of everything that changes what training produces.
-
-        Runtime knobs (where checkpoints go, how often, how many failures are
-        tolerated) are left out so that changing them still resumes the run.
-        """
-        train = self.train.model_dump(exclude={
-            "storage_path", "checkpoint_every", "keep_checkpoints", "log_every", "max_failures",
-            "resources_per_worker", "threads_per_worker", "use_gpu"})
-        payload = {"model": self.model.model_dump(), "train": train,
-                   "data": {"resolution": self.data.resolution, "channels": self.data.channels}}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+        """Hash of everything that changes what training produces (given the data set version,
+        which the run name carries too): the whole model section and the whole recipe. Runtime
+        knobs (where checkpoints go, how often, tolerated failures, devices) are not in it, so
+        changing them resumes the run."""
+        return identity_hash(self.model, self.train.recipe())[:12]
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import os
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +56,7 @@ class FeatureStats:
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
-        tmp = path.with_suffix(".tmp.npz")
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp.npz")  # unique per writer
         np.savez(tmp, count=self.count, sum=self.sum, outer=self.outer, features=self.features, keep=self.keep)
         tmp.replace(path)
 

@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import uuid
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 import torch
 from torch import nn
+
+from gan_model.errors import GanflowError
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +33,7 @@ STANDARD_HASH_PREFIX = "6726825d"
 FEATURE_DIM = 2048
 
 
-class WeightsUnavailable(RuntimeError):
+class WeightsUnavailable(GanflowError):
     """The requested Inception weights cannot be had; the message says how to provide them."""
 
 
@@ -147,7 +151,7 @@ class InceptionFeatures:
 
     def save_weights(self, path: str | Path) -> Path:
         path = Path(path)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")  # unique per writer
         torch.save(self.net.state_dict(), tmp)
         tmp.replace(path)
         return path

@@ -77,7 +77,7 @@ class Discriminator(nn.Module):
         return self.main(x).view(-1)
 
 
-def build_networks(model_cfg, data_cfg) -> tuple[Generator, Discriminator]:
-    g = Generator(model_cfg.z_dim, model_cfg.g_width, data_cfg.channels, data_cfg.resolution)
-    d = Discriminator(model_cfg.d_width, data_cfg.channels, data_cfg.resolution, model_cfg.d_norm)
+def build_networks(model_cfg, channels: int, resolution: int) -> tuple[Generator, Discriminator]:
+    g = Generator(model_cfg.z_dim, model_cfg.g_width, channels, resolution)
+    d = Discriminator(model_cfg.d_width, channels, resolution, model_cfg.d_norm)
     return g, d

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch import nn
 
 from gan_model.checkpoint import save_checkpoint
-from gan_model.config import GanflowConfig
+from gan_model.config import ModelConfig, TrainRecipe
 from gan_model.ema import ema_decay_at, update_ema
 from gan_model.losses import d_loss_fake, d_loss_real, g_loss
 from gan_model.networks import build_networks
@@ -39,10 +39,9 @@ class Hooks:
     # report(metrics, checkpoint_dir_or_None): called by every rank at the
     # same steps; only rank 0 passes a checkpoint folder.
     report: Callable[[dict, str | None], None] = lambda metrics, ckpt: None
-    should_stop: Callable[[], bool] = lambda: False
     # wrap(module, broadcast_buffers=...) -> module: DDP wrapping (identity alone).
     wrap: Callable[..., nn.Module] = _identity
-    # Test-only fault injection: called with the step before it runs.
+    # Called with the step before it runs: where callers inject faults or profile.
     before_step: Callable[[int], None] = lambda step: None
 
 
@@ -76,6 +75,11 @@ class RankData:
         idx = np.sort(self._order[i * self.batch_size:(i + 1) * self.batch_size])
         return self.images.take(idx) if isinstance(self.images, ShardedImages) else self.images[idx]
 
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of every image."""
+        return tuple(self.images.shape) if isinstance(self.images, ShardedImages) else self.images.shape[1:]
+
 
 def step_latents(seed: int, rank: int, step: int, n: int, z_dim: int) -> torch.Tensor:
     """The latents rank `rank` draws at `step`: a pure function, so resuming replays them exactly."""
@@ -102,24 +106,32 @@ def _mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str
 
 
 def train(
-    cfg: GanflowConfig,
+    model: ModelConfig,
+    recipe: TrainRecipe,
     data: RankData,
     *,
+    log_every: int = 50,
+    checkpoint_every: int = 250,
     device: str | torch.device = "cpu",
     resume: dict | None = None,
     hooks: Hooks | None = None,
 ) -> dict:
-    """Train for cfg.train.steps steps in total (counting those already in `resume`)."""
+    """Train for recipe.steps steps in total (counting those already in `resume`).
+
+    The loop gets what it computes with (the model settings and the training recipe) and
+    nothing about where data, checkpoints or registries live.
+    """
     hooks = hooks or Hooks()
-    tc = cfg.train
+    tc = recipe.part(TrainRecipe)  # exactly the recipe, even when handed a whole TrainConfig
     device = torch.device(device)
     rank, world = data.rank, data.world_size
+    channels, resolution, _ = data.image_shape
 
     # 1. Networks, the EMA copy and optimisers. Learning rates follow the
     #    global batch as the config says; Adam with beta1=0.5 is the DCGAN recipe.
     torch.manual_seed(tc.seed)  # identical initial weights on every rank
-    g, d = build_networks(cfg.model, cfg.data)
-    g_ema = build_networks(cfg.model, cfg.data)[0].eval().requires_grad_(False)
+    g, d = build_networks(model, channels, resolution)
+    g_ema = build_networks(model, channels, resolution)[0].eval().requires_grad_(False)
     g_ema.load_state_dict(g.state_dict())
     scale = tc.lr_scale()
     opt_g = torch.optim.Adam(g.parameters(), lr=tc.lr_g * scale, betas=(tc.beta1, tc.beta2))
@@ -149,7 +161,8 @@ def train(
         return {"format": "ganflow-ckpt/1", "step": step, "seed": tc.seed, "world_size": world,
                 "G": _unwrap(g).state_dict(), "D": d_plain.state_dict(), "G_ema": g_ema.state_dict(),
                 "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-                "generator_kwargs": _unwrap(g).kwargs, "config": cfg.model_dump(mode="json"),
+                "generator_kwargs": _unwrap(g).kwargs,
+                "config": {"model": model.model_dump(mode="json"), "recipe": tc.model_dump(mode="json")},
                 # The metric history travels with the checkpoint, so a resumed
                 # run continues it without duplicated or lost steps.
                 "history": history, "starts": starts}
@@ -162,7 +175,7 @@ def train(
         else:
             hooks.report(metrics, None)
 
-    z_dim = cfg.model.z_dim
+    z_dim = model.z_dim
     sums = {"loss_d": 0.0, "loss_g": 0.0, "d_real": 0.0, "d_fake": 0.0}
     n_since, t_since = 0, time.perf_counter()
     metrics: dict = {"step": start}
@@ -209,15 +222,13 @@ def train(
         # 6. Metrics every log_every steps, a checkpoint every checkpoint_every
         #    and at the end; every rank reports at the same steps.
         done = step + 1
-        if done % tc.log_every == 0 or done % tc.checkpoint_every == 0 or done == tc.steps:
+        if done % log_every == 0 or done % checkpoint_every == 0 or done == tc.steps:
             elapsed = time.perf_counter() - t_since
             avg = _mean_over_ranks({k: v / n_since for k, v in sums.items()}, device)
             metrics = {"step": done, **avg,
                        "images_per_s": n_since * real.shape[0] * world / max(elapsed, 1e-9)}
             history.append(metrics)
-            emit(done, metrics, with_checkpoint=done % tc.checkpoint_every == 0 or done == tc.steps)
+            emit(done, metrics, with_checkpoint=done % checkpoint_every == 0 or done == tc.steps)
             sums = dict.fromkeys(sums, 0.0)
             n_since, t_since = 0, time.perf_counter()
-            if hooks.should_stop():
-                break
     return metrics

@@ -11,20 +11,16 @@ used in place; an S3 version is downloaded once per machine into the cache.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
-import uuid
+from collections import Counter
 from pathlib import Path
 
 from gan_model.config import DataConfig
+from gan_model.errors import GanflowError
 from gan_model.shards import INDEX, read_index
 from tasks.s3 import make_client, parse_s3_uri, s3_errors
-
-
-def is_s3(uri: str) -> bool:
-    return uri.startswith("s3://")
+from tasks.storage import cache_path, is_s3, local_folder, publish_folder
+from tasks.types import DatasetVersion
 
 
 def version_uri(cfg: DataConfig, version: str) -> str:
@@ -49,49 +45,38 @@ def read_published_index(uri: str, cfg: DataConfig) -> dict | None:
     return json.loads(body)
 
 
+def describe(uri: str, index: dict, *, bytes_downloaded: int = 0, reused: bool) -> DatasetVersion:
+    """The descriptor steps hand each other, from a version's index."""
+    return DatasetVersion(
+        uri=uri, version=index["version"], n_images=index["n_images"],
+        resolution=index["resolution"], channels=index["channels"],
+        n_skipped=len(index["skipped"]), skipped=dict(Counter(s["reason"] for s in index["skipped"])),
+        bytes_downloaded=bytes_downloaded, reused=reused)
+
+
+def published_version(cfg: DataConfig, version: str) -> DatasetVersion:
+    """The published version `version` under data.processed_uri, or a one-line error."""
+    uri = version_uri(cfg, version)
+    index = read_published_index(uri, cfg)
+    if index is None:
+        raise GanflowError(f"data set version {version!r} is not under {cfg.processed_uri}: "
+                           f"set data.processed_uri or re-run `ganflow ingest`")
+    return describe(uri, index, reused=True)
+
+
 def publish(staging: Path, uri: str, cfg: DataConfig) -> None:
     """Make a complete staging folder the version at `uri`, index last."""
-    if not is_s3(uri):
-        try:
-            os.rename(staging, uri)
-        except OSError:  # a concurrent ingest of the same version won: its result is identical
-            if not (Path(uri) / INDEX).is_file():
-                raise
-        return
-    bucket, prefix = parse_s3_uri(uri)
-    client = make_client(cfg.endpoint_url, cfg.region)
-    files = sorted(p for p in staging.iterdir() if p.name != INDEX)
-    with s3_errors("upload", uri, cfg.endpoint_url):
-        for path in files:
-            client.upload_file(str(path), bucket, f"{prefix}/{path.name}")
-        client.upload_file(str(staging / INDEX), bucket, f"{prefix}/{INDEX}")
+    publish_folder(staging, uri, cfg, index=INDEX)
 
 
 def materialize(uri: str, cfg: DataConfig) -> Path:
     """A local folder holding the version at `uri` (downloaded once for an s3:// version)."""
     if not is_s3(uri):
         return Path(uri)
-    local = Path(cfg.cache_dir).expanduser().resolve() / "processed" / hashlib.sha256(uri.encode()).hexdigest()[:16]
-    if (local / INDEX).is_file():
-        return local
+    if (cache_path(uri, cfg, "processed") / INDEX).is_file():  # no request when it is here already
+        return cache_path(uri, cfg, "processed")
     index = read_published_index(uri, cfg)
     if index is None:
-        from tasks.types import PipelineError
-        raise PipelineError(f"no published data set at {uri}: run `ganflow ingest` first")
-    bucket, prefix = parse_s3_uri(uri)
-    client = make_client(cfg.endpoint_url, cfg.region)
-    tmp = local.with_name(f"{local.name}.{uuid.uuid4().hex[:8]}.part")
-    tmp.mkdir(parents=True)
-    try:
-        with s3_errors("download", uri, cfg.endpoint_url):
-            for shard in index["shards"]:
-                client.download_file(bucket, f"{prefix}/{shard['file']}", str(tmp / shard["file"]))
-        (tmp / INDEX).write_text(json.dumps(index))
-        try:
-            os.rename(tmp, local)
-        except OSError:  # another process on this machine got there first
-            if not (local / INDEX).is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return local
+        raise GanflowError(f"no published data set at {uri}: run `ganflow ingest` first")
+    return local_folder(uri, cfg, "processed", marker=INDEX,
+                        names=[s["file"] for s in index["shards"]] + [INDEX])  # the index last

@@ -1,31 +1,35 @@
 """Step 3, evaluate: FID and KID of the EMA generator against the data set.
 
-Reference statistics are cached next to the processed data set, keyed by
-the protocol (weights hash, sample counts, seed), so a second evaluation on
-the same version only extracts features of the generated images.
+Reference statistics are cached next to the processed data set, keyed by the
+protocol (weights hash, sample counts, seed), so a second evaluation on the
+same version only extracts features of the generated images. The same
+extractor set-up serves `ganflow fid` between two folders and `ganflow
+evaluate` of a registered version.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import functools
 import logging
+import tempfile
 from importlib import metadata
 from pathlib import Path
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
 from gan_model.checkpoint import export_generator, load_generator
-from gan_model.config import DataConfig, EvalConfig, GanflowConfig
+from gan_model.config import DataConfig, EvalConfig, GanflowConfig, RegistryConfig, build_config, identity_hash
+from gan_model.errors import GanflowError, UsageError
 from gan_model.evaluation import FID_FULL_RANK, compare, stats_of
 from gan_model.fid import FeatureStats
-from gan_model.images import make_grid, save_png
-from gan_model.inception import (STANDARD_HASH_PREFIX, InceptionFeatures, WeightsUnavailable,
+from gan_model.inception import (FEATURE_DIM, STANDARD_HASH_PREFIX, InceptionFeatures, WeightsUnavailable,
                                  make_random_weights, sha256_file, standard_weights_path)
 from gan_model.sampling import generate_batches
 from gan_model.shards import ShardedImages
-from tasks.datastore import materialize
-from tasks.types import DatasetVersion, EvalResult, PipelineError, TrainResult
+from tasks.datastore import materialize, published_version
+from tasks.storage import cache_path, fetch_file_once
+from tasks.types import DatasetVersion, EvalResult, TrainResult
 
 log = logging.getLogger("ganflow.evaluate")
 
@@ -41,64 +45,62 @@ def resolve_weights(ev: EvalConfig, data: DataConfig) -> tuple[Path | None, str]
             return standard_weights_path(download=True), "standard"
         except WeightsUnavailable as err:
             if choice == "standard":
-                raise PipelineError(str(err)) from None
+                raise
             log.warning("%s. Falling back to RANDOM Inception weights: this FID is only comparable "
                         "with other random-weight FIDs on the same data set version.", err)
             return None, "random"
     if choice == "random":
         return None, "random"
     if choice.startswith("s3://"):
-        from tasks.s3 import download_file
-        dest = Path(data.cache_dir).expanduser().resolve() / "weights" / (
-            hashlib.sha256(choice.encode()).hexdigest()[:16] + ".pth")
-        if not dest.is_file():
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_suffix(".part")
-            download_file(choice, tmp, data.endpoint_url, data.region)
-            tmp.replace(dest)
-        return dest, "file"
+        return fetch_file_once(choice, cache_path(choice, data, "weights", ".pth"), data), "file"
     path = Path(choice).expanduser()
     if not path.is_file():
-        raise PipelineError(f"eval.fid_weights={choice!r} is neither standard, auto, random, an s3:// URI "
-                            f"nor an existing file: fix the path")
+        raise GanflowError(f"eval.fid_weights={choice!r} is neither standard, auto, random, an s3:// URI "
+                           f"nor an existing file: fix the path")
     return path, "file"
+
+
+def inception_weights(ev: EvalConfig, data: DataConfig, cache: Path,
+                      reference: Callable[[], Iterable[np.ndarray]], calibration_key: str) -> tuple[Path, str]:
+    """-> (weights file, kind). Random weights are calibrated on the reference images (see
+    InceptionFeatures.calibrate_batchnorm) once, and cached under `calibration_key`."""
+    path, kind = resolve_weights(ev, data)
+    if kind != "random":
+        return path, kind
+    calibrated = cache / f"inception-random{RANDOM_WEIGHTS_SEED}-{calibration_key}.pth"
+    if not calibrated.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache, prefix=".random-") as tmp:
+            net = InceptionFeatures(make_random_weights(Path(tmp) / "random.pth", RANDOM_WEIGHTS_SEED),
+                                    batch_size=ev.batch_size)
+            net.calibrate_batchnorm(reference())
+            net.save_weights(calibrated)
+    return calibrated, kind
 
 
 def _reference_indices(n_total: int, n: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng([seed, 0x5EF]).choice(n_total, min(n, n_total), replace=False))
 
 
-def _batches(images: ShardedImages, indices: np.ndarray, batch: int):
+def _batches(images: ShardedImages, indices: np.ndarray, batch: int) -> Iterator[np.ndarray]:
     for i in range(0, len(indices), batch):
         yield images.take(indices[i:i + batch])
 
 
-def _extractor(ev: EvalConfig, data: DataConfig, cache: Path, images: ShardedImages,
-               ref_idx: np.ndarray) -> tuple[InceptionFeatures, str, Path]:
-    path, kind = resolve_weights(ev, data)
-    if kind == "random":
-        # Random weights are calibrated on this data set's reference images
-        # (see InceptionFeatures.calibrate_batchnorm) and cached with it.
-        calibrated = cache / f"inception-random{RANDOM_WEIGHTS_SEED}-n{len(ref_idx)}-s{ev.seed}.pth"
-        if not calibrated.is_file():
-            base = make_random_weights(cache / f"inception-random{RANDOM_WEIGHTS_SEED}.pth", RANDOM_WEIGHTS_SEED)
-            net = InceptionFeatures(base, batch_size=ev.batch_size)
-            net.calibrate_batchnorm(_batches(images, ref_idx, ev.batch_size))
-            net.save_weights(calibrated)
-            base.unlink()
-        path = calibrated
-    try:
-        net = InceptionFeatures(path, batch_size=ev.batch_size)
-    except WeightsUnavailable as err:
-        raise PipelineError(str(err)) from None
-    return net, kind, path
+def protocol_key(ev: EvalConfig, weights_sha256: str, n_reference: int, dataset_version: str) -> str:
+    """What two FIDs must share to be compared: the whole protocol sub-model, with the weights'
+    hash for the weights choice, the effective reference count and the data set version."""
+    fields = ev.protocol().model_dump(mode="json", exclude={"fid_weights"})
+    return identity_hash({**fields, "n_reference": n_reference, "weights_sha256": weights_sha256,
+                          "dataset_version": dataset_version})
 
 
 def evaluate_generator(cfg: GanflowConfig, dataset: DatasetVersion, trained: TrainResult) -> EvalResult:
     """The pipeline's step: the EMA generator of a training checkpoint."""
-    out_dir = Path(cfg.eval.output_dir).expanduser().resolve() / f"{trained.run_name}-step{trained.steps}"
     from tasks.train import local_checkpoint
-    checkpoint = local_checkpoint(trained.checkpoint_uri, cfg)
+
+    out_dir = Path(cfg.eval.output_dir).expanduser().resolve() / f"{trained.run_name}-step{trained.steps}"
+    checkpoint = local_checkpoint(trained.checkpoint_uri, cfg.data)
     return evaluate_generator_file(cfg, dataset, export_generator(checkpoint, out_dir / "generator.pt"))
 
 
@@ -110,9 +112,13 @@ def evaluate_generator_file(cfg: GanflowConfig, dataset: DatasetVersion, generat
     cache = local / CACHE_DIR
     cache.mkdir(exist_ok=True)
     ref_idx = _reference_indices(len(images), ev.n_reference, ev.seed)
-    net, kind, weights_path = _extractor(ev, cfg.data, cache, images, ref_idx)
+    weights_path, kind = inception_weights(ev, cfg.data, cache, lambda: _batches(images, ref_idx, ev.batch_size),
+                                           calibration_key=f"n{len(ref_idx)}-s{ev.seed}")
     weights_sha = sha256_file(weights_path)
     keep = max(ev.kid_subset_size, min(ev.n_generated, ev.n_reference))
+    # Built only when something here extracts features: with cached reference statistics and
+    # generation on the Ray workers, the driver never loads the weights.
+    net = functools.cache(lambda: InceptionFeatures(weights_path, batch_size=ev.batch_size))
 
     # 1. Reference statistics: once per (data set version, protocol).
     ref_file = cache / f"ref-{weights_sha[:16]}-n{len(ref_idx)}-s{ev.seed}-k{keep}.npz"
@@ -120,7 +126,7 @@ def evaluate_generator_file(cfg: GanflowConfig, dataset: DatasetVersion, generat
         ref = FeatureStats.load(ref_file)
         log.info("reference statistics from cache (%s)", ref_file.name)
     else:
-        ref = stats_of(net, _batches(images, ref_idx, ev.batch_size), keep)
+        ref = stats_of(net(), _batches(images, ref_idx, ev.batch_size), keep)
         ref.save(ref_file)
 
     # 2. Generated statistics from the EMA generator, one seed per image: on the
@@ -132,7 +138,8 @@ def evaluate_generator_file(cfg: GanflowConfig, dataset: DatasetVersion, generat
         from tasks.distributed_eval import generated_stats_on_ray
         gen = generated_stats_on_ray(cfg, generator_path, weights_path, keep, workers)
     else:
-        gen = stats_of(net, generate_batches(g, ev.n_generated, ev.seed, ev.batch_size), keep)
+        gen = stats_of(net(), generate_batches(g, ev.n_generated, ev.seed, ev.batch_size), keep)
+    from gan_model.images import make_grid, save_png
     grid = next(generate_batches(g, ev.grid_size, ev.seed, ev.grid_size))
     sample_grid = save_png(make_grid(grid), out_dir / "samples.png")
 
@@ -152,8 +159,8 @@ def evaluate_generator_file(cfg: GanflowConfig, dataset: DatasetVersion, generat
         "kid": f"poly3, {ev.kid_subsets} subsets of {ev.kid_subset_size}",
         "generated_on": f"{workers} Ray workers" if workers > 1 else "the driver",
         "torch_fidelity": metadata.version("torch-fidelity"), "torch": metadata.version("torch"),
+        "key": protocol_key(ev, weights_sha, scores["n_reference"], dataset.version),
     }
-    protocol["key"] = protocol_key(protocol)
     for w in warnings:
         log.warning(w)
     return EvalResult(
@@ -163,7 +170,67 @@ def evaluate_generator_file(cfg: GanflowConfig, dataset: DatasetVersion, generat
         sample_grid=str(sample_grid), generator_path=str(generator_path), warnings=warnings)
 
 
-def protocol_key(protocol: dict[str, str]) -> str:
-    """What two FIDs must share to be compared: weights, sample counts and reference set."""
-    fields = {k: protocol[k] for k in ("weights_sha256", "n_generated", "n_reference", "reference")}
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+def evaluate_registered(model_uri: str, overrides: list[str] | tuple[str, ...] = (),
+                        registry: RegistryConfig | None = None) -> dict:
+    """FID/KID of a registered generator under the protocol of the run that registered it
+    (overridable), against the data set version it was trained on."""
+    import yaml
+
+    from tasks.ray_runtime import ray_session
+    from tasks.registry import download_generator, mlflow_client, model_version
+
+    client, _, uri = mlflow_client(registry or RegistryConfig())
+    mv = model_version(client, model_uri, uri)
+    with tempfile.TemporaryDirectory(prefix="ganflow-eval-") as tmp:
+        raw = yaml.safe_load(open(client.download_artifacts(mv.run_id, "config.yaml", tmp)))
+    cfg = build_config(raw, overrides)
+    version = mv.tags.get("ganflow.dataset_version", "")
+    dataset = published_version(cfg.data, version)
+    out = Path(cfg.eval.output_dir).expanduser().resolve() / f"{mv.name}-v{mv.version}"
+    generator = download_generator(model_uri, out / "generator.pt")
+    with ray_session():
+        result = evaluate_generator_file(cfg, dataset, generator)
+    same_protocol = mv.tags.get("ganflow.protocol_key") == result.protocol["key"]
+    recorded = mv.tags.get("ganflow.fid") if same_protocol else None
+    return {"model_name": mv.name, "model_version": str(mv.version), "dataset_version": version,
+            **result.model_dump(), "recorded_fid": float(recorded) if recorded else None}
+
+
+def fid_between_folders(dir_a: str | Path, dir_b: str | Path, weights: str = "auto",
+                        batch_size: int = 32) -> dict:
+    """FID and KID between two folders of images (B is the reference side), with the same
+    weights resolution and calibration as the pipeline and EvalConfig's KID settings."""
+    from gan_model.fid import FeatureStats
+    from gan_model.images import load_folder
+
+    cfg = build_config({}, [f"eval.fid_weights={weights}", f"eval.batch_size={batch_size}"])
+    sets = []
+    for folder in (dir_a, dir_b):
+        try:
+            images = load_folder(folder)
+        except FileNotFoundError as err:
+            raise UsageError(f"{err}: pass two folders of images") from None
+        if len(images) < 2:
+            raise UsageError(f"{str(folder)!r} holds {len(images)} decodable images; FID needs at least 2 per side")
+        sets.append(images)
+
+    def batches(images: list[np.ndarray]) -> Iterator[np.ndarray]:
+        for i in range(0, len(images), batch_size):  # same-size runs batch together
+            chunk = images[i:i + batch_size]
+            for shape in dict.fromkeys(a.shape for a in chunk):
+                yield np.stack([a for a in chunk if a.shape == shape])
+
+    with tempfile.TemporaryDirectory(prefix="ganflow-fid-") as tmp:
+        path, kind = inception_weights(cfg.eval, cfg.data, Path(tmp), lambda: batches(sets[1]), "reference")
+        net = InceptionFeatures(path, batch_size=batch_size)
+        weights_sha = sha256_file(path)
+    stats = []
+    for images in sets:
+        s = FeatureStats(FEATURE_DIM, keep_features=len(images))
+        for b in batches(images):
+            s.update(net(b))
+        stats.append(s)
+    ev = cfg.eval
+    scores = compare(stats[0], stats[1], kid_subsets=ev.kid_subsets, seed=ev.seed,
+                     kid_subset_size=min(ev.kid_subset_size, stats[0].count, stats[1].count))
+    return {**scores, "weights": kind, "weights_sha256": weights_sha}

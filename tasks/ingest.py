@@ -20,22 +20,23 @@ import shutil
 import threading
 import time
 import uuid
-from collections import Counter, deque
+from collections import deque
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
 from gan_model.config import DataConfig
+from gan_model.errors import GanflowError
 from gan_model.images import InvalidImage, decode_image
 from gan_model.shards import ShardWriter
-from tasks.datastore import is_s3, publish, read_published_index, version_uri
+from tasks.datastore import describe, publish, read_published_index, version_uri
 from tasks.s3 import make_client, parse_s3_uri, s3_errors
-from tasks.types import DatasetVersion, PipelineError
+from tasks.storage import atomic_write, is_s3
+from tasks.types import DatasetVersion
 
 log = logging.getLogger("ganflow.ingest")
 
 PROCESS_DECODE_MIN_BYTES = 64 * 1024
-PREPROCESSING_FIELDS = ("resolution", "channels", "small_images", "max_pixels", "max_images")
 
 
 def list_manifest(client, bucket: str, prefix: str, max_images: int | None = None) -> list[tuple[str, str, int]]:
@@ -51,7 +52,8 @@ def list_manifest(client, bucket: str, prefix: str, max_images: int | None = Non
 
 
 def dataset_version(manifest: list[tuple[str, str, int]], cfg: DataConfig) -> str:
-    settings = {k: getattr(cfg, k) for k in PREPROCESSING_FIELDS}
+    # Every preprocessing setting is in the version: the whole sub-model, not a list of names.
+    settings = cfg.preprocessing().model_dump(mode="json")
     h = hashlib.sha256(json.dumps({"format": 1, "settings": settings}, sort_keys=True).encode())
     for key, etag, size in sorted(manifest):
         h.update(json.dumps([key, etag, size]).encode())
@@ -74,14 +76,6 @@ def _cache_path(cache_dir: Path, bucket: str, key: str, etag: str) -> Path:
     return cache_dir / "objects" / digest[:2] / digest
 
 
-def _descriptor(uri: str, index: dict, *, bytes_downloaded: int = 0, reused: bool) -> DatasetVersion:
-    return DatasetVersion(
-        uri=uri, version=index["version"], n_images=index["n_images"],
-        resolution=index["resolution"], channels=index["channels"],
-        n_skipped=len(index["skipped"]), skipped=dict(Counter(s["reason"] for s in index["skipped"])),
-        bytes_downloaded=bytes_downloaded, reused=reused)
-
-
 def check_source(cfg: DataConfig) -> None:
     """Fail fast, before any compute, on a missing bucket, bad credentials, an unreachable endpoint
     or an empty prefix."""
@@ -90,7 +84,7 @@ def check_source(cfg: DataConfig) -> None:
     with s3_errors("list", cfg.source, cfg.endpoint_url):
         page = client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
     if not page.get("KeyCount", 0):
-        raise PipelineError(f"no objects under {cfg.source}: upload images there or fix data.source")
+        raise GanflowError(f"no objects under {cfg.source}: upload images there or fix data.source")
 
 
 def ingest_dataset(cfg: DataConfig) -> DatasetVersion:
@@ -102,14 +96,14 @@ def ingest_dataset(cfg: DataConfig) -> DatasetVersion:
     with s3_errors("list", cfg.source, cfg.endpoint_url):
         manifest = list_manifest(client, bucket, prefix, cfg.max_images)
     if not manifest:
-        raise PipelineError(f"no objects under {cfg.source}: upload images there or fix data.source")
+        raise GanflowError(f"no objects under {cfg.source}: upload images there or fix data.source")
     version = dataset_version(manifest, cfg)
     final = version_uri(cfg, version)
     existing = read_published_index(final, cfg)
     if existing is not None:
         log.info("data set %s already exists (%d objects listed in %.1fs): nothing to download",
                  version, len(manifest), time.perf_counter() - t0)
-        return _descriptor(final, existing, reused=True)
+        return describe(final, existing, reused=True)
 
     # 2. Download what the ETag-keyed cache lacks, with a bounded pool.
     cache_dir = Path(cfg.cache_dir).expanduser().resolve()
@@ -124,10 +118,7 @@ def ingest_dataset(cfg: DataConfig) -> DatasetVersion:
             return path.read_bytes()
         with s3_errors("download", f"s3://{bucket}/{prefix}{key}", cfg.endpoint_url):
             body = client.get_object(Bucket=bucket, Key=prefix + key, IfMatch=etag)["Body"].read()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.part")
-        tmp.write_bytes(body)
-        os.replace(tmp, path)
+        atomic_write(path, body)
         with lock:
             downloaded += len(body)
         return body
@@ -182,10 +173,10 @@ def ingest_dataset(cfg: DataConfig) -> DatasetVersion:
                     writer.add(result)
         if not seen:
             example = f" (e.g. {skipped[0]['key']!r}: {skipped[0]['reason']})" if skipped else ""
-            raise PipelineError(f"none of the {len(manifest)} objects under {cfg.source} is a usable image"
+            raise GanflowError(f"none of the {len(manifest)} objects under {cfg.source} is a usable image"
                                 f"{example}: check data.source")
         index = writer.close(version=version, source=cfg.source, n_objects=len(manifest), skipped=skipped,
-                             preprocessing={k: getattr(cfg, k) for k in PREPROCESSING_FIELDS},
+                             preprocessing=cfg.preprocessing().model_dump(mode="json"),
                              created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         # 4. Publish: a partial version is never visible.
         publish(staging, final, cfg)
@@ -195,4 +186,4 @@ def ingest_dataset(cfg: DataConfig) -> DatasetVersion:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("data set %s: %d images, %d skipped, %.1f MB downloaded", version, index["n_images"],
              len(skipped), downloaded / 1e6)
-    return _descriptor(final, index, bytes_downloaded=downloaded, reused=False)
+    return describe(final, index, bytes_downloaded=downloaded, reused=False)

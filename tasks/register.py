@@ -8,53 +8,20 @@ its version instead of creating a second one, and re-applies the decision.
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from importlib import metadata
 from pathlib import Path
 
 from gan_model.checkpoint import load_checkpoint
-from gan_model.config import GanflowConfig, RegistryConfig, flat_params, to_yaml
-from tasks.types import DatasetVersion, EvalResult, PipelineError, Registration, TrainResult
+from gan_model.config import GanflowConfig, flat_params, to_yaml
+from tasks.registry import CHALLENGER, CHAMPION, DECISION_TAG, mlflow_client, set_alias
+from tasks.train import local_checkpoint
+from tasks.types import DatasetVersion, EvalResult, Registration, TrainResult
 
 log = logging.getLogger("ganflow.register")
 
-DEFAULT_STATE = Path(".ganflow")
 PYFUNC_FILE = Path(__file__).with_name("pyfunc_generator.py")
 GAN_MODEL_DIR = Path(__file__).resolve().parent.parent / "gan_model"
-CHAMPION, CHALLENGER = "champion", "challenger"
-
-
-def tracking_uri(reg: RegistryConfig) -> str:
-    """The config's URI, else MLFLOW_TRACKING_URI, else SQLite in the project-local state folder."""
-    uri = reg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return uri
-    DEFAULT_STATE.mkdir(exist_ok=True)
-    return f"sqlite:///{(DEFAULT_STATE / 'mlflow.db').resolve()}"
-
-
-def _client(reg: RegistryConfig):
-    import mlflow
-    from mlflow import MlflowClient
-
-    uri = tracking_uri(reg)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    client = MlflowClient(uri, uri)
-    try:
-        exp = client.get_experiment_by_name(reg.experiment)
-    except Exception as err:  # unreachable server, bad URI, auth...
-        raise PipelineError(f"cannot reach the MLflow tracking server at {uri} ({type(err).__name__}): "
-                            f"check MLFLOW_TRACKING_URI or registry.tracking_uri") from None
-    if exp is None:
-        location = None
-        if uri.startswith("sqlite:///") and not reg.tracking_uri and not os.environ.get("MLFLOW_TRACKING_URI"):
-            location = (DEFAULT_STATE / "mlartifacts").resolve().as_uri()
-        exp_id = client.create_experiment(reg.experiment, artifact_location=location)
-    else:
-        exp_id = exp.experiment_id
-    return client, exp_id, uri
 
 
 def _q(value: str) -> str:
@@ -69,8 +36,7 @@ def _log_run(client, run_id: str, cfg: GanflowConfig, dataset: DatasetVersion, t
     params = [Param(k, v[:6000]) for k, v in flat_params(cfg).items()]
     for i in range(0, len(params), 100):
         client.log_batch(run_id, params=params[i:i + 100])
-    from tasks.train import local_checkpoint
-    history = load_checkpoint(local_checkpoint(trained.checkpoint_uri, cfg)).get("history", [])
+    history = load_checkpoint(local_checkpoint(trained.checkpoint_uri, cfg.data)).get("history", [])
     metrics = [Metric(f"train/{k}", float(v), 0, int(m["step"])) for m in history for k, v in m.items()
                if k != "step"]
     metrics += [Metric(k, float(getattr(evaluation, k)), 0, trained.steps) for k in ("fid", "kid", "kid_std")]
@@ -110,7 +76,7 @@ def _log_model(run_id: str, cfg: GanflowConfig, evaluation: EvalResult):
             input_example=pd.DataFrame({"seed": np.arange(2, dtype=np.int64)}))
 
 
-def _decide(client, name: str, version: str, evaluation: EvalResult, promote: bool) -> tuple[str, str]:
+def decide(client, name: str, version: str, evaluation: EvalResult, promote: bool) -> tuple[str, str]:
     from mlflow.exceptions import MlflowException
 
     if not promote:
@@ -137,22 +103,12 @@ def _decide(client, name: str, version: str, evaluation: EvalResult, promote: bo
     return CHALLENGER, f"FID {evaluation.fid:.4g} does not beat champion v{champ.version}'s {champ_fid:.4g}"
 
 
-def set_alias(client, name: str, version: str, alias: str) -> None:
-    client.set_registered_model_alias(name, alias, version)
-    if alias == CHAMPION:  # one version should not be champion and challenger at once
-        try:
-            if str(client.get_model_version_by_alias(name, CHALLENGER).version) == version:
-                client.delete_registered_model_alias(name, CHALLENGER)
-        except Exception:
-            pass
-
-
 def register_generator(cfg: GanflowConfig, dataset: DatasetVersion, trained: TrainResult,
                        evaluation: EvalResult, flow_run_id: str | None = None) -> Registration:
     import mlflow
 
     reg = cfg.registry
-    client, exp_id, uri = _client(reg)
+    client, exp_id, uri = mlflow_client(reg)
     name = reg.model_name
 
     # 1. Find or create the run for this checkpoint under this evaluation
@@ -191,17 +147,17 @@ def register_generator(cfg: GanflowConfig, dataset: DatasetVersion, trained: Tra
     # 3. Promote only when better under the same protocol. Each version is
     #    decided once: a re-run must not undo a manual promotion or rollback.
     current = client.get_model_version(name, version)
-    decided = current.tags.get("ganflow.decision")
+    decided = current.tags.get(DECISION_TAG)
     if decided is not None:
         aliases = current.aliases
         alias = CHAMPION if CHAMPION in aliases else CHALLENGER if CHALLENGER in aliases else ""
         log.info("%s v%s was decided before (%s): aliases left as they are", name, version, decided)
         return Registration(model_name=name, model_version=version, alias=alias, mlflow_run_id=run_id,
                             reason=f"decided before: {decided}", tracking_uri=uri)
-    alias, reason = _decide(client, name, version, evaluation, reg.promote)
+    alias, reason = decide(client, name, version, evaluation, reg.promote)
     if alias:
         set_alias(client, name, version, alias)
-    client.set_model_version_tag(name, version, "ganflow.decision", reason)
+    client.set_model_version_tag(name, version, DECISION_TAG, reason)
     log.info("registered %s v%s -> %s (%s)", name, version, alias or "no alias", reason)
     return Registration(model_name=name, model_version=version, alias=alias, mlflow_run_id=run_id,
                         reason=reason, tracking_uri=uri)

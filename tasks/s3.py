@@ -9,15 +9,15 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
-from tasks.types import PipelineError
+from gan_model.errors import GanflowError
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
     if not uri.startswith("s3://"):
-        raise PipelineError(f"{uri!r} is not an s3:// URI: use s3://bucket/prefix")
+        raise GanflowError(f"{uri!r} is not an s3:// URI: use s3://bucket/prefix")
     bucket, _, prefix = uri[5:].partition("/")
     if not bucket:
-        raise PipelineError(f"{uri!r} names no bucket: use s3://bucket/prefix")
+        raise GanflowError(f"{uri!r} names no bucket: use s3://bucket/prefix")
     return bucket, prefix
 
 
@@ -34,7 +34,7 @@ def make_client(endpoint_url: str | None = None, region: str | None = None, max_
     try:
         return boto3.session.Session().client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
     except ValueError as err:  # e.g. an endpoint without a scheme
-        raise PipelineError(f"invalid S3 endpoint {endpoint_url!r} ({err}): use http(s)://host:port") from None
+        raise GanflowError(f"invalid S3 endpoint {endpoint_url!r} ({err}): use http(s)://host:port") from None
 
 
 def describe_endpoint(endpoint_url: str | None) -> str:
@@ -43,7 +43,7 @@ def describe_endpoint(endpoint_url: str | None) -> str:
 
 @contextlib.contextmanager
 def s3_errors(what: str, uri: str, endpoint_url: str | None) -> Iterator[None]:
-    """Translate boto errors raised inside the block into a PipelineError with the fix."""
+    """Translate boto errors raised inside the block into a GanflowError with the fix."""
     from botocore.exceptions import (BotoCoreError, ClientError, ConnectTimeoutError, EndpointConnectionError,
                                      NoCredentialsError, ParamValidationError, PartialCredentialsError,
                                      ReadTimeoutError)
@@ -55,27 +55,27 @@ def s3_errors(what: str, uri: str, endpoint_url: str | None) -> Iterator[None]:
         code = err.response.get("Error", {}).get("Code", "")
         status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         if code in ("NoSuchBucket",) or (code == "404" and what == "list"):
-            raise PipelineError(f"bucket of {uri} does not exist at {where}: create it or fix data.source") from None
+            raise GanflowError(f"bucket of {uri} does not exist at {where}: create it or fix data.source") from None
         if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"):
-            raise PipelineError(f"S3 rejected the credentials ({code}) at {where}: check AWS_ACCESS_KEY_ID / "
+            raise GanflowError(f"S3 rejected the credentials ({code}) at {where}: check AWS_ACCESS_KEY_ID / "
                                 f"AWS_SECRET_ACCESS_KEY or AWS_PROFILE") from None
         if code == "PreconditionFailed":
-            raise PipelineError(f"{uri} changed while it was being ingested: run the ingest again") from None
+            raise GanflowError(f"{uri} changed while it was being ingested: run the ingest again") from None
         if code in ("AccessDenied", "AllAccessDisabled") or status == 403:
-            raise PipelineError(f"access denied to {uri} at {where}: grant s3:ListBucket and s3:GetObject "
+            raise GanflowError(f"access denied to {uri} at {where}: grant s3:ListBucket and s3:GetObject "
                                 f"to these credentials") from None
-        raise PipelineError(f"S3 {what} of {uri} failed at {where}: {code or status} "
+        raise GanflowError(f"S3 {what} of {uri} failed at {where}: {code or status} "
                             f"{err.response.get('Error', {}).get('Message', '')}".rstrip()) from None
     except (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError) as err:
-        raise PipelineError(f"cannot reach the S3 endpoint {where} after retries ({type(err).__name__}): "
+        raise GanflowError(f"cannot reach the S3 endpoint {where} after retries ({type(err).__name__}): "
                             f"check data.endpoint_url and that the server is up") from None
     except (NoCredentialsError, PartialCredentialsError):
-        raise PipelineError(f"no S3 credentials found for {where}: set AWS_ACCESS_KEY_ID and "
+        raise GanflowError(f"no S3 credentials found for {where}: set AWS_ACCESS_KEY_ID and "
                             f"AWS_SECRET_ACCESS_KEY, or AWS_PROFILE") from None
     except ParamValidationError as err:
-        raise PipelineError(f"invalid S3 request for {uri}: {str(err).splitlines()[-1]}") from None
+        raise GanflowError(f"invalid S3 request for {uri}: {str(err).splitlines()[-1]}") from None
     except BotoCoreError as err:
-        raise PipelineError(f"S3 {what} of {uri} failed at {where} ({type(err).__name__}: {err})") from None
+        raise GanflowError(f"S3 {what} of {uri} failed at {where} ({type(err).__name__}: {err})") from None
 
 
 def download_file(uri: str, dest, endpoint_url: str | None = None, region: str | None = None):

@@ -1,8 +1,9 @@
 """The Prefect tasks: each step's function with its retry policy.
 
-A `PipelineError` is a problem the user must fix (missing bucket, bad
-credentials, invalid weights file): retrying cannot help, so it is not
-retried. Anything else (a lost worker, a flaky endpoint) is.
+Whether a failure is retried is a property of its class (`gan_model.errors`):
+a `GanflowError` is a problem the user must fix (missing bucket, bad
+credentials, invalid weights file) and is not retried unless it is marked
+`retryable` (TransientError, TrainingFailed); anything unexpected is.
 """
 
 from __future__ import annotations
@@ -10,16 +11,15 @@ from __future__ import annotations
 from prefect import task
 
 from gan_model.config import GanflowConfig
-from tasks.types import DatasetVersion, EvalResult, PipelineError, Registration, TrainResult
+from gan_model.errors import is_retryable
+from tasks.types import DatasetVersion, EvalResult, Registration, TrainResult
 
 
 def _retry_unless_user_error(task, task_run, state) -> bool:
     try:
         state.result()
-    except PipelineError:
-        return False
-    except Exception:
-        return True
+    except BaseException as err:
+        return is_retryable(err)
     return False
 
 

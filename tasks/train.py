@@ -11,25 +11,24 @@ resumes from that run's latest checkpoint instead of starting over.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
-import time
 from pathlib import Path
+from typing import Callable
 
-from gan_model.config import GanflowConfig
-from tasks.types import DatasetVersion, PipelineError, TrainingFailed, TrainResult
+from gan_model.checkpoint import CHECKPOINT_FILE
+from gan_model.config import DataConfig, GanflowConfig
+from gan_model.errors import GanflowError, TrainingFailed
+from tasks.ray_runtime import ensure_ray
+from tasks.storage import is_s3, local_folder
+from tasks.types import DatasetVersion, TrainResult
 
 log = logging.getLogger("ganflow.train")
-
-# Test-only fault injection: "STEP" makes rank 1 (or rank 0 alone) die hard once at that step.
-FAULT_ENV = "GANFLOW_TEST_KILL_AT_STEP"
 
 
 def storage(cfg: GanflowConfig):
     """(storage_path, filesystem) for Ray's RunConfig: local paths as they are, s3:// through
     pyarrow's S3 filesystem on the data endpoint (credentials from the AWS chain, not the config)."""
     path = cfg.train.storage_path
-    if not path.startswith("s3://"):
+    if not is_s3(path):
         return str(Path(path).expanduser().resolve()), None
     from urllib.parse import urlparse
 
@@ -44,29 +43,9 @@ def storage(cfg: GanflowConfig):
     return path[len("s3://"):].rstrip("/"), pyarrow.fs.S3FileSystem(**options)
 
 
-def local_checkpoint(uri: str, cfg: GanflowConfig) -> Path:
+def local_checkpoint(uri: str, data: DataConfig) -> Path:
     """A local folder with the checkpoint at `uri` (downloaded once when it lives in S3)."""
-    if not uri.startswith("s3://"):
-        return Path(uri)
-    import hashlib
-
-    from tasks.s3 import make_client, parse_s3_uri, s3_errors
-
-    local = Path(cfg.data.cache_dir).expanduser().resolve() / "checkpoints" / hashlib.sha256(uri.encode()).hexdigest()[:16]
-    if (local / "checkpoint.pt").is_file():
-        return local
-    bucket, prefix = parse_s3_uri(uri.rstrip("/") + "/")
-    client = make_client(cfg.data.endpoint_url, cfg.data.region)
-    tmp = local.with_name(local.name + ".part")
-    tmp.mkdir(parents=True, exist_ok=True)
-    with s3_errors("download", uri, cfg.data.endpoint_url):
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            for obj in page.get("Contents", []):
-                name = obj["Key"][len(prefix):]
-                if name and "/" not in name:  # checkpoint folders are flat
-                    client.download_file(bucket, obj["Key"], str(tmp / name))
-    tmp.replace(local)
-    return local
+    return local_folder(uri, data, "checkpoints", marker=CHECKPOINT_FILE)
 
 
 def run_name(cfg: GanflowConfig, dataset: DatasetVersion) -> str:
@@ -82,19 +61,20 @@ def _train_worker(config: dict) -> None:
     from ray.train.torch import prepare_model
 
     from gan_model.checkpoint import load_checkpoint
+    from gan_model.config import ModelConfig, TrainRecipe
     from gan_model.shards import ShardedImages
     from gan_model.training import Hooks, RankData, train
+    from tasks.datastore import materialize
 
     # broadcast_buffers=False is what we want for D (rank-local BatchNorm
     # statistics); torch's deprecation notice about it is not for users.
     warnings.filterwarnings("ignore", message=".*broadcast_buffers.*")
     # Ray Train logs every report at INFO from the worker; our own progress line says it shorter.
     logging.getLogger("ray.train.v2._internal.execution.context").setLevel(logging.WARNING)
-    cfg = GanflowConfig.model_validate(config["cfg"])
+    recipe = TrainRecipe.model_validate(config["recipe"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    cpus = cfg.train.threads_per_worker or int(cfg.train.resources_per_worker.get("CPU", 1))
-    torch.set_num_threads(max(1, cpus))
+    torch.set_num_threads(config["threads"])
     device = ray.train.torch.get_device()
 
     resume = None
@@ -109,46 +89,20 @@ def _train_worker(config: dict) -> None:
         ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=ckpt)
         if rank == 0 and "loss_d" in metrics:
-            print(f"[ganflow] step {metrics['step']}/{cfg.train.steps} loss_d={metrics['loss_d']:.3f} "
+            print(f"[ganflow] step {metrics['step']}/{recipe.steps} loss_d={metrics['loss_d']:.3f} "
                   f"loss_g={metrics['loss_g']:.3f} {metrics['images_per_s']:.0f} img/s", flush=True)
 
     def wrap(module, broadcast_buffers: bool = True):
         return prepare_model(module, parallel_strategy_kwargs={"broadcast_buffers": broadcast_buffers})
 
-    kill_at = config.get("kill_at_step")
-    marker = Path(config["kill_marker"]) if config.get("kill_marker") else None
-
-    def before_step(step: int) -> None:
-        if kill_at and marker and step == int(kill_at) and rank == min(1, world - 1) and not marker.exists():
-            marker.touch()
-            # Ray Train registers reported checkpoints on its health-check poll
-            # (every 2 s by default): a crash within that window of a report
-            # falls back to the previous checkpoint. Wait it out so the test
-            # is deterministic about which checkpoint it resumes from.
-            time.sleep(3 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", 2.0)))
-            os._exit(17)  # a hard crash: no exception, no cleanup
-
-    from tasks.datastore import materialize
-    images = ShardedImages(materialize(config["dataset_uri"], cfg.data))  # per node, once for s3:// data
-    data = RankData(images, cfg.train.seed, rank, world, cfg.train.batch_size)
-    train(cfg, data, device=device, resume=resume, hooks=Hooks(report=report, wrap=wrap, before_step=before_step))
-
-
-def _ensure_ray(num_cpus_needed: float) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = os.environ.get("RAY_ADDRESS")
-    # configure_logging=False: leave the driver's logging (and its handlers) to the CLI.
-    quiet = {"log_to_driver": True, "configure_logging": False}
-    if address:
-        ray.init(address=address, **quiet)
-    else:
-        # A local instance sized to the machine (never fewer CPUs than the workers ask for).
-        # With the dashboard (ray[default]) users can watch the workers at
-        # http://127.0.0.1:8265, and Ray Train's cleanup actor can query actor state.
-        ray.init(num_cpus=max(os.cpu_count() or 1, int(num_cpus_needed + 0.999)), **quiet)
+    # Per node, once for s3:// data.
+    images = ShardedImages(materialize(config["dataset_uri"], DataConfig.model_validate(config["data"])))
+    data = RankData(images, recipe.seed, rank, world, recipe.batch_size)
+    hooks = Hooks(report=report, wrap=wrap)
+    if config["before_step"] is not None:
+        hooks.before_step = config["before_step"]
+    train(ModelConfig.model_validate(config["model"]), recipe, data, log_every=config["log_every"],
+          checkpoint_every=config["checkpoint_every"], device=device, resume=resume, hooks=hooks)
 
 
 class _Progress:
@@ -202,12 +156,10 @@ class _Progress:
             pass
 
 
-def _fit_watched(trainer, progress: _Progress, stop_ray_on_abort: bool):
-    """trainer.fit() in a daemon thread while this one relays progress; Ctrl-C or SIGTERM
-    (which arrive in this thread) stop the workers."""
+def _fit_watched(trainer, progress: _Progress):
+    """trainer.fit() in a daemon thread while this one relays progress. Ctrl-C or SIGTERM arrive
+    in this thread and unwind to the enclosing `ray_session()`, which stops the workers."""
     import threading
-
-    import ray
 
     outcome: dict = {}
 
@@ -224,10 +176,6 @@ def _fit_watched(trainer, progress: _Progress, stop_ray_on_abort: bool):
         while thread.is_alive():
             thread.join(timeout=2.0)
             progress.drain()
-    except BaseException:
-        if stop_ray_on_abort:
-            ray.shutdown()  # a local instance: its workers go with it, no orphans
-        raise
     finally:
         progress.close()
     if "error" in outcome:
@@ -235,30 +183,39 @@ def _fit_watched(trainer, progress: _Progress, stop_ray_on_abort: bool):
     return outcome["result"]
 
 
-def train_gan(cfg: GanflowConfig, dataset: DatasetVersion) -> TrainResult:
+def train_gan(cfg: GanflowConfig, dataset: DatasetVersion, *,
+              before_step: Callable[[int], None] | None = None) -> TrainResult:
+    """Train (or resume, or find finished) the run named after the data set and the recipe.
+
+    `before_step(step)` runs on every worker before each step (fault injection, profiling); it
+    is shipped to the workers by value, so it must be picklable.
+    """
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     tc = cfg.train
     if dataset.n_images < tc.batch_size * tc.num_workers:
-        raise PipelineError(
+        raise GanflowError(
             f"the data set has {dataset.n_images} images, fewer than one global batch "
             f"({tc.batch_size} x {tc.num_workers} workers): lower train.batch_size or add images")
     resources = dict(tc.resources_per_worker) or {"CPU": 1}
     if tc.use_gpu:
         resources.setdefault("GPU", 1)
-    _ensure_ray(resources.get("CPU", 1) * tc.num_workers)
+    ensure_ray(resources.get("CPU", 1) * tc.num_workers)
 
     storage_path, filesystem = storage(cfg)
     name = run_name(cfg, dataset)
     progress = _Progress(tc.steps, name)
     trainer = TorchTrainer(
         _train_worker,
-        train_loop_config={"cfg": cfg.model_dump(mode="json"), "dataset_uri": dataset.uri,
-                           "name": name, "kill_at_step": os.environ.get(FAULT_ENV),
-                           # once per storage location and run: the restarted worker must live
-                           "kill_marker": str(Path(tempfile.gettempdir()) / "ganflow-kill-{}.marker".format(
-                               abs(hash((storage_path, name))))) if os.environ.get(FAULT_ENV) else None},
+        # The workers get the recipe and model settings they compute with, where the data set
+        # is, and how often to report: no registry or checkpoint-storage settings.
+        train_loop_config={"recipe": tc.recipe().model_dump(mode="json"),
+                           "model": cfg.model.model_dump(mode="json"),
+                           "data": cfg.data.model_dump(mode="json"), "dataset_uri": dataset.uri,
+                           "log_every": tc.log_every, "checkpoint_every": tc.checkpoint_every,
+                           "threads": max(1, tc.threads_per_worker or int(resources.get("CPU", 1))),
+                           "name": name, "before_step": before_step},
         scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(
@@ -273,14 +230,14 @@ def train_gan(cfg: GanflowConfig, dataset: DatasetVersion) -> TrainResult:
     log.info("training %s: %d workers, %d steps, global batch %d", name, tc.num_workers, tc.steps,
              tc.batch_size * tc.num_workers)
     try:
-        result = _fit_watched(trainer, progress, stop_ray_on_abort=not os.environ.get("RAY_ADDRESS"))
+        result = _fit_watched(trainer, progress)
     except Exception as err:  # TrainingFailedError carries the worker's traceback
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise TrainingFailed(f"training failed after {tc.max_failures} restarts: {first}: "
                             f"see the worker log above; the run resumes from its last checkpoint "
                             f"when started again") from err
     if result.checkpoint is None:
-        raise PipelineError("training finished without a checkpoint: check train.checkpoint_every")
+        raise GanflowError("training finished without a checkpoint: check train.checkpoint_every")
     metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
     uri = f"s3://{result.checkpoint.path}" if filesystem is not None else result.checkpoint.path
     return TrainResult(checkpoint_uri=uri, run_name=name,

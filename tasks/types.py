@@ -9,14 +9,6 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 
-class PipelineError(RuntimeError):
-    """A failure the user can fix; the message is one line naming problem and fix."""
-
-
-class TrainingFailed(RuntimeError):
-    """Training failed after Ray's own restarts; a task retry resumes from the last checkpoint."""
-
-
 class DatasetVersion(BaseModel):
     uri: str                 # folder (or prefix) holding index.json and the shards
     version: str             # content hash of the manifest + preprocessing settings

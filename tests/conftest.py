@@ -1,11 +1,18 @@
 """Shared fixtures: a real S3-compatible server on loopback, isolated state folders,
-placeholder AWS credentials, and a Prefect test harness for the flow tests."""
+placeholder AWS credentials, a Prefect test harness, a local Ray instance and `run_cli`.
+
+A test that uses a fixture which starts a server, Ray or a subprocess is marked `slow`
+automatically (see SLOW_FIXTURES), so `make test-fast` runs only in-process tests.
+"""
 
 from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -21,8 +28,18 @@ for var in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "RAY_ADDRESS", "AWS_PROFIL
     os.environ.pop(var, None)
 
 from infra.s3_server import LOCAL_CREDENTIALS, LocalS3Server  # noqa: E402
+from tests.helpers import ROOT, clean_env  # noqa: E402
 
 os.environ.update(LOCAL_CREDENTIALS)
+
+# Fixtures that start a server, Ray or a subprocess: tests using them are `slow`.
+SLOW_FIXTURES = {"s3_server", "s3", "bucket", "prefect_harness", "local_ray", "run_cli"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -59,3 +76,31 @@ def prefect_harness(tmp_path_factory):
     from prefect.testing.utilities import prefect_test_harness
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A 2-CPU local Ray instance for the tests of one module."""
+    import ray
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture()
+def run_cli(tmp_path):
+    """`ganflow ARGS...` as a user runs it: a fresh process in `tmp_path` (its own .ganflow), this
+    checkout on PYTHONPATH. `env` sets variables (None removes one); `new_user=True` starts from
+    the environment of a new user instead of the tests' (no AWS, Prefect, MLflow or Ray settings)."""
+    def run(*args: str, env: dict | None = None, new_user: bool = False, timeout: float = 300,
+            cwd: Path | None = None):
+        full = clean_env(tmp_path) if new_user else dict(os.environ, PYTHONPATH=str(ROOT))
+        for k, v in (env or {}).items():
+            if v is None:
+                full.pop(k, None)
+            else:
+                full[k] = v
+        return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True,
+                              cwd=cwd or tmp_path, env=full, timeout=timeout)
+    return run

@@ -1,11 +1,16 @@
-"""Helpers for tests: real small images, uploads, and the smoke config in a temp folder."""
+"""Helpers for tests: real small images, uploads, configs with state in a temp folder, and the
+pure training loop driven by a config."""
 
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOKE_CONFIG = ROOT / "configs" / "smoke.yaml"
 
 
 def png(array: np.ndarray, **save_kwargs) -> bytes:
@@ -35,9 +40,43 @@ def upload_images(s3, bucket: str, prefix: str, images: np.ndarray) -> list[str]
 def tiny_config(tmp: Path, source: str, endpoint: str, *extra: str):
     """The smoke configuration with every state folder under `tmp`."""
     from gan_model.config import load_config
-    root = Path(__file__).resolve().parent.parent
-    return load_config(root / "configs" / "smoke.yaml", [
+    return load_config(SMOKE_CONFIG, [
         f"data.source={source}", f"data.endpoint_url={endpoint}", "data.embedded_server=never",
         f"data.processed_uri={tmp / 'datasets'}", f"data.cache_dir={tmp / 'cache'}",
         f"train.storage_path={tmp / 'ray'}", f"eval.output_dir={tmp / 'eval'}",
         f"registry.tracking_uri=sqlite:///{tmp / 'mlflow.db'}", *extra])
+
+
+def tiny_training(*extra: str, **over):
+    """A config whose networks and batches are tiny (16 px, widths 4): a step takes milliseconds."""
+    from gan_model.config import build_config
+    sets = ["data.resolution=16", "model.z_dim=8", "model.g_width=4", "model.d_width=4", "train.batch_size=8"]
+    return build_config({}, sets + list(extra) + [f"{k}={v}" for k, v in over.items()])
+
+
+def write_dataset(folder: Path, images: np.ndarray, version: str = "testversion", shard_size: int = 50):
+    """A processed data set version from uint8 (N, H, W) grey images, and its descriptor."""
+    from gan_model.shards import ShardWriter
+    from tasks.types import DatasetVersion
+    r = images.shape[-1]
+    writer = ShardWriter(folder, shard_size, 1, r)
+    for img in images:
+        writer.add(img[None])
+    writer.close(version=version, skipped=[])
+    return DatasetVersion(uri=str(folder), version=version, n_images=len(images), resolution=r, channels=1)
+
+
+def train_with(cfg, data, **kwargs) -> dict:
+    """The pure training loop with the model, recipe and cadence of `cfg`."""
+    from gan_model.training import train
+    return train(cfg.model, cfg.train.recipe(), data, log_every=cfg.train.log_every,
+                 checkpoint_every=cfg.train.checkpoint_every, **kwargs)
+
+
+def clean_env(home: Path, **extra: str) -> dict:
+    """The environment of a new user: no AWS, Prefect, MLflow or Ray settings, an empty HOME
+    (so no ~/.aws or Prefect profile), and this checkout on PYTHONPATH."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AWS_", "PREFECT_", "MLFLOW_", "RAY_ADDRESS"))}
+    env.update(HOME=str(home), PYTHONPATH=str(ROOT), **extra)
+    return env

@@ -2,15 +2,12 @@
 embedded S3 server, seeds it with a real data set and prints one JSON object."""
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT, SMOKE_CONFIG
+
 README = (ROOT / "README.md").read_text()
 
 
@@ -21,17 +18,13 @@ def test_readme_documents_the_two_commands_and_every_config_key():
     assert missing == []
 
 
-@pytest.mark.slow
-def test_smoke_command_from_the_readme(tmp_path):
+def test_smoke_command_from_the_readme(tmp_path, run_cli):
     command = re.search(r"^(ganflow run --config configs/smoke\.yaml --json)$", README, re.M)
     assert command, "the README shows the smoke command"
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("AWS_", "PREFECT_", "MLFLOW_", "RAY_ADDRESS"))}
-    env.update(HOME=str(tmp_path), PYTHONPATH=str(ROOT))  # no ~/.aws: the embedded default applies
     args = command.group(1).split()[1:]
-    args[args.index("configs/smoke.yaml")] = str(ROOT / "configs" / "smoke.yaml")
-    proc = subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
+    args[args.index("configs/smoke.yaml")] = str(SMOKE_CONFIG)
+    # A new user: no ~/.aws (the embedded default applies), no Prefect, MLflow or Ray settings.
+    proc = run_cli(*args, new_user=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)  # exactly one JSON object: anything else would fail to parse
     for key in ("dataset_version", "n_images", "fid", "model_name", "model_version", "alias",

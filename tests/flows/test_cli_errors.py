@@ -8,22 +8,18 @@ from pathlib import Path
 import pytest
 
 from infra.s3_server import free_port
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def ganflow(*args, cwd):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=300)
+from tests.helpers import SMOKE_CONFIG, clean_env
 
 
-def run_smoke(tmp_path, *sets):
-    args = ["run", "--config", str(ROOT / "configs" / "smoke.yaml"), "--set", "data.embedded_server=never",
-            "--set", f"registry.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"]
-    for s in sets:
-        args += ["--set", s]
-    return ganflow(*args, cwd=tmp_path)
+@pytest.fixture()
+def run_smoke(run_cli, tmp_path):
+    def run(*sets, env=None):
+        args = ["run", "--config", str(SMOKE_CONFIG), "--set", "data.embedded_server=never",
+                "--set", f"registry.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"]
+        for s in sets:
+            args += ["--set", s]
+        return run_cli(*args, env=env)
+    return run
 
 
 def assert_one_line_error(proc, code, *needles):
@@ -36,11 +32,11 @@ def assert_one_line_error(proc, code, *needles):
 
 
 @pytest.mark.parametrize("case", ["empty prefix", "missing bucket", "unreachable endpoint"])
-def test_bad_sources(case, s3, s3_server, bucket, tmp_path):
+def test_bad_sources(case, s3, s3_server, bucket, tmp_path, run_smoke):
     endpoint = s3_server.url if case != "unreachable endpoint" else f"http://127.0.0.1:{free_port()}"
     source = {"empty prefix": f"s3://{bucket}/nothing-here/", "missing bucket": "s3://ganflow-no-such-bucket/x/",
               "unreachable endpoint": f"s3://{bucket}/x/"}[case]
-    proc = run_smoke(tmp_path, f"data.source={source}", f"data.endpoint_url={endpoint}")
+    proc = run_smoke(f"data.source={source}", f"data.endpoint_url={endpoint}")
     needle = {"empty prefix": "no objects under", "missing bucket": "does not exist",
               "unreachable endpoint": "cannot reach the S3 endpoint"}[case]
     assert_one_line_error(proc, 1, needle, "fix" if case != "unreachable endpoint" else "check")
@@ -52,37 +48,32 @@ def test_bad_sources(case, s3, s3_server, bucket, tmp_path):
     ("train.batch_size=zero", "invalid config value for 'train.batch_size'"),
     ("eval.kid_subset_size=5000", "kid_subset_size"),
 ])
-def test_invalid_config(override, needle, tmp_path):
-    proc = run_smoke(tmp_path, override)
+def test_invalid_config(override, needle, tmp_path, run_smoke):
+    proc = run_smoke(override)
     assert_one_line_error(proc, 2, needle)
     assert not (tmp_path / "mlflow.db").exists()
 
 
-def test_wrong_credentials_are_named(tmp_path):
+def test_wrong_credentials_are_named(tmp_path, run_smoke):
     from infra.s3_server import LocalS3Server
     with LocalS3Server(authenticate=True) as strict:  # rejects the placeholder keys
-        proc = run_smoke(tmp_path, "data.source=s3://any-bucket/x/", f"data.endpoint_url={strict.url}")
+        proc = run_smoke("data.source=s3://any-bucket/x/", f"data.endpoint_url={strict.url}")
     assert_one_line_error(proc, 1, "rejected the credentials (InvalidAccessKeyId)", "AWS_ACCESS_KEY_ID")
     assert "ganflow-local" not in proc.stderr  # the key itself is never printed
 
 
-def test_an_error_inside_the_flow_is_still_one_line_without_traceback(s3, s3_server, bucket, tmp_path):
+def test_an_error_inside_the_flow_is_still_one_line_without_traceback(s3, s3_server, bucket, tmp_path,
+                                                                      run_smoke):
     s3.put_object(Bucket=bucket, Key="junk/a.png", Body=b"not a png")
     s3.put_object(Bucket=bucket, Key="junk/b.jpg", Body=b"")
-    env_home = tmp_path / "prefect-home"
-    proc = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "run", "--config", str(ROOT / "configs" / "smoke.yaml"),
-         "--set", "data.embedded_server=never", "--set", f"data.source=s3://{bucket}/junk/",
-         "--set", f"data.endpoint_url={s3_server.url}",
-         "--set", f"registry.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=300,
-        env={**{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
-             "PREFECT_HOME": str(env_home), "PYTHONPATH": str(ROOT)})
+    proc = run_smoke(f"data.source=s3://{bucket}/junk/", f"data.endpoint_url={s3_server.url}",
+                     env={**{k: None for k in os.environ if k.startswith("PREFECT_")},
+                          "PREFECT_HOME": str(tmp_path / "prefect-home")})
     assert_one_line_error(proc, 1, "none of the 2 objects", "is a usable image")
     assert "Finished in state Failed" in proc.stderr  # it did fail inside the Prefect flow
 
 
-def test_fid_command_between_two_folders(tmp_path):
+def test_fid_command_between_two_folders(tmp_path, run_cli):
     from PIL import Image
 
     from tests.helpers import digits
@@ -92,16 +83,17 @@ def test_fid_command_between_two_folders(tmp_path):
         for i, img in enumerate(part):
             Image.fromarray(img).save(tmp_path / name / f"{i}.png")
     (tmp_path / "b" / "notes.txt").write_text("not an image: ignored")
-    proc = ganflow("fid", str(tmp_path / "a"), str(tmp_path / "b"), "--weights", "random", "--batch-size", "12",
-                   "--json", cwd=tmp_path)
+    proc = run_cli("fid", str(tmp_path / "a"), str(tmp_path / "b"), "--weights", "random", "--batch-size", "12",
+                   "--json")
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = __import__("json").loads(proc.stdout)
     assert result["n_generated"] == result["n_reference"] == 12 and result["weights"] == "random"
     assert result["fid"] > 0 and len(result["weights_sha256"]) == 64
-    missing = ganflow("fid", str(tmp_path / "a"), str(tmp_path / "nope"), "--weights", "random", cwd=tmp_path)
+    missing = run_cli("fid", str(tmp_path / "a"), str(tmp_path / "nope"), "--weights", "random")
     assert_one_line_error(missing, 2, "does not exist")
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_ray_workers(tmp_path):
     """Interrupting `ganflow run` mid-training leaves no Ray worker behind."""
     import signal
@@ -120,10 +112,9 @@ def test_ctrl_c_stops_the_ray_workers(tmp_path):
         return alive
 
     before = ray_workers()  # other Ray sessions on this machine are not ours to judge
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PREFECT_", "MLFLOW_"))}
-    env.update(HOME=str(tmp_path), PYTHONPATH=str(ROOT))
+    env = clean_env(tmp_path)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "run", "--config", str(ROOT / "configs" / "smoke.yaml"),
+        [sys.executable, "-m", "flows.cli", "run", "--config", str(SMOKE_CONFIG),
          "--set", "train.steps=100000", "--set", "train.log_every=10"],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

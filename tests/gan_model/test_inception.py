@@ -9,6 +9,8 @@ from gan_model.evaluation import compare, stats_of
 from gan_model.inception import InceptionFeatures, make_random_weights, sha256_file
 from tests.helpers import digits
 
+# Inception-v3 extracts about 9 images/s on a 2-core CPU: these tests take a minute, so they are `slow`.
+pytestmark = pytest.mark.slow
 N = 48
 
 

@@ -4,16 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from gan_model.config import build_config
 from gan_model.ema import ema_decay_at, update_ema
 from gan_model.networks import Discriminator, Generator, build_networks
-from gan_model.training import Hooks, RankData, train
+from gan_model.training import Hooks, RankData
+from tests.helpers import tiny_training, train_with
 
 
 def cfg_for(steps=4, **over):
-    sets = [f"train.steps={steps}", "train.batch_size=8", "train.checkpoint_every=2", "train.log_every=1",
-            "model.z_dim=8", "model.g_width=4", "model.d_width=4", "data.resolution=16"]
-    return build_config({}, sets + [f"{k}={v}" for k, v in over.items()])
+    return tiny_training(f"train.steps={steps}", "train.checkpoint_every=2", "train.log_every=1", **over)
 
 
 def random_images(n=64, c=1, r=16, seed=0):
@@ -45,21 +43,24 @@ def test_invalid_resolution_is_rejected():
 def test_training_steps_change_weights_and_report_checkpoints():
     cfg = cfg_for(steps=4)
     reports = []
-    train(cfg, RankData(random_images(), seed=0, batch_size=8),
-          hooks=Hooks(report=lambda m, ckpt: reports.append((m["step"], ckpt is not None))))
+    train_with(cfg, RankData(random_images(), seed=0, batch_size=8),
+               hooks=Hooks(report=lambda m, ckpt: reports.append((m["step"], ckpt is not None))))
     assert reports == [(1, False), (2, True), (3, False), (4, True)]
     torch.manual_seed(cfg.train.seed)
-    g0, _ = build_networks(cfg.model, cfg.data)
+    g0, _ = build_networks(cfg.model, cfg.data.channels, cfg.data.resolution)
     captured = {}
 
     def keep(metrics, ckpt):
         if ckpt:
             from gan_model.checkpoint import load_checkpoint
             captured.update(load_checkpoint(ckpt))
-    train(cfg, RankData(random_images(), seed=0, batch_size=8), hooks=Hooks(report=keep))
+    train_with(cfg, RankData(random_images(), seed=0, batch_size=8), hooks=Hooks(report=keep))
     changed = [not torch.equal(captured["G"][k], v) for k, v in g0.state_dict().items() if v.is_floating_point()]
     assert any(changed)
     assert captured["step"] == 4 and len(captured["history"]) == 4
+    # The checkpoint records what was computed, never where anything lives.
+    assert set(captured["config"]) == {"model", "recipe"}
+    assert "storage_path" not in captured["config"]["recipe"] and captured["config"]["recipe"]["steps"] == 4
 
 
 def test_ema_update_moves_towards_the_model_and_copies_buffers():
@@ -88,7 +89,7 @@ def _final_state(cfg, images, resume=None):
             from gan_model.checkpoint import load_checkpoint
             out.clear()
             out.update(load_checkpoint(ckpt))
-    train(cfg, RankData(images, seed=cfg.train.seed, batch_size=8), resume=resume, hooks=Hooks(report=keep))
+    train_with(cfg, RankData(images, seed=cfg.train.seed, batch_size=8), resume=resume, hooks=Hooks(report=keep))
     return out
 
 

@@ -12,14 +12,13 @@ from gan_model.sampling import generate_batches
 from tasks.distributed_eval import generated_stats_on_ray, shards
 from tests.helpers import digits
 
-pytestmark = pytest.mark.slow
-
 
 def test_shards_cover_every_seed_once():
     assert shards(10, 3) == [(0, 4), (4, 3), (7, 3)]
     assert shards(2, 4) == [(0, 1), (1, 1)]
 
 
+@pytest.mark.slow
 def test_statistics_do_not_depend_on_the_number_of_workers(tmp_path):
     import ray
     g = Generator(z_dim=8, width=4, channels=1, resolution=16)

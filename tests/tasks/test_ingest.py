@@ -9,7 +9,7 @@ import pytest
 from gan_model.config import build_config
 from gan_model.shards import ShardedImages
 from tasks.ingest import ingest_dataset
-from tasks.types import PipelineError
+from gan_model.errors import GanflowError
 from tests.helpers import digits, png, upload_images
 
 
@@ -76,7 +76,7 @@ def test_bad_sources_raise_one_line_errors(s3, s3_server, bucket, tmp_path, case
         s3.put_object(Bucket=bucket, Key="junk/a.png", Body=b"nope")
     source = {"empty prefix": f"s3://{bucket}/nothing/", "missing bucket": "s3://no-such-bucket-x/p/",
               "all invalid": f"s3://{bucket}/junk/"}[case]
-    with pytest.raises(PipelineError) as err:
+    with pytest.raises(GanflowError) as err:
         ingest_dataset(data_cfg(tmp_path, source, s3_server.url))
     message = str(err.value)
     assert "\n" not in message
@@ -188,6 +188,7 @@ def test_a_bucket_of_hostile_files_is_ingested_with_a_reason_for_each_skip(s3, s
     assert strict.n_images == len(good) - 1 and any(r.startswith("smaller than the target") for r in strict.skipped)
 
 
+@pytest.mark.slow  # starts its own IAM-enforcing S3 server
 def test_access_denied_is_named(tmp_path):
     """A real store's answer to valid credentials without permission (moto with IAM enforcement)."""
     import boto3
@@ -203,7 +204,7 @@ def test_access_denied_is_named(tmp_path):
         old = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
         os.environ.update(AWS_ACCESS_KEY_ID=key["AccessKeyId"], AWS_SECRET_ACCESS_KEY=key["SecretAccessKey"])
         try:
-            with pytest.raises(PipelineError, match="access denied to s3://any-bucket/x/ .*s3:ListBucket"):
+            with pytest.raises(GanflowError, match="access denied to s3://any-bucket/x/ .*s3:ListBucket"):
                 check_source(data_cfg(tmp_path, "s3://any-bucket/x/", strict.url))
         finally:
             os.environ.update({k: v for k, v in old.items() if v is not None})

@@ -3,7 +3,8 @@
 import pytest
 
 from gan_model.config import RegistryConfig
-from tasks.register import CHAMPION, CHALLENGER, _client, _decide, set_alias
+from tasks.register import decide
+from tasks.registry import CHALLENGER, CHAMPION, mlflow_client, set_alias
 from tasks.types import EvalResult
 
 
@@ -15,7 +16,7 @@ def evaluation(fid, key="A"):
 
 @pytest.fixture()
 def registry(tmp_path):
-    client, exp_id, _ = _client(RegistryConfig(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", experiment="t"))
+    client, exp_id, _ = mlflow_client(RegistryConfig(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", experiment="t"))
     client.create_registered_model("gen")
 
     def add_version(fid, key="A"):
@@ -29,13 +30,13 @@ def registry(tmp_path):
 def test_first_version_becomes_champion_then_only_better_ones(registry):
     client, add = registry
     v1 = add(10.0)
-    assert _decide(client, "gen", v1, evaluation(10.0), True)[0] == CHAMPION
+    assert decide(client, "gen", v1, evaluation(10.0), True)[0] == CHAMPION
     set_alias(client, "gen", v1, CHAMPION)
     v2 = add(5.0)
-    alias, reason = _decide(client, "gen", v2, evaluation(5.0), True)
+    alias, reason = decide(client, "gen", v2, evaluation(5.0), True)
     assert alias == CHAMPION and "beats champion v1" in reason
     v3 = add(20.0)
-    alias, reason = _decide(client, "gen", v3, evaluation(20.0), True)
+    alias, reason = decide(client, "gen", v3, evaluation(20.0), True)
     assert alias == CHALLENGER and "does not beat" in reason
 
 
@@ -44,7 +45,7 @@ def test_fids_under_another_protocol_are_not_compared(registry):
     v1 = add(10.0, key="A")
     set_alias(client, "gen", v1, CHAMPION)
     v2 = add(1.0, key="B")  # far better number, but other weights or sample counts
-    alias, reason = _decide(client, "gen", v2, evaluation(1.0, key="B"), True)
+    alias, reason = decide(client, "gen", v2, evaluation(1.0, key="B"), True)
     assert alias == CHALLENGER and "not comparable" in reason
 
 
@@ -57,7 +58,7 @@ def test_a_registry_outage_is_not_read_as_no_champion(registry, monkeypatch):
         raise MlflowException("backend unavailable", error_code="TEMPORARILY_UNAVAILABLE")
     monkeypatch.setattr(client, "get_model_version_by_alias", outage)
     with pytest.raises(MlflowException):
-        _decide(client, "gen", v1, evaluation(10.0), True)
+        decide(client, "gen", v1, evaluation(10.0), True)
 
 
 def test_promoting_to_champion_clears_challenger_on_the_same_version(registry):
@@ -66,4 +67,4 @@ def test_promoting_to_champion_clears_challenger_on_the_same_version(registry):
     set_alias(client, "gen", v1, CHALLENGER)
     set_alias(client, "gen", v1, CHAMPION)
     assert client.get_model_version("gen", v1).aliases == [CHAMPION]
-    assert _decide(client, "gen", v1, evaluation(10.0), False)[0] == ""
+    assert decide(client, "gen", v1, evaluation(10.0), False)[0] == ""

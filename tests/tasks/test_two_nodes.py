@@ -49,7 +49,7 @@ def test_training_across_two_nodes_with_data_and_checkpoints_in_s3(two_node_clus
     assert result.checkpoint_uri.startswith(f"s3://{bucket}/ray/{result.run_name}/checkpoint_")
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="ray/")["Contents"]]
     assert any(k.endswith("/checkpoint.pt") for k in keys)
-    state = load_checkpoint(local_checkpoint(result.checkpoint_uri, cfg))
+    state = load_checkpoint(local_checkpoint(result.checkpoint_uri, cfg.data))
     assert state["step"] == 10 and [m["step"] for m in state["history"]] == [5, 10]
 
     # A second run with the same inputs finds the run in S3 and trains no further.

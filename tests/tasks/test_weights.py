@@ -5,7 +5,7 @@ import pytest
 from gan_model.config import build_config
 from gan_model.inception import sha256_file
 from tasks.evaluate import resolve_weights
-from tasks.types import PipelineError
+from gan_model.errors import GanflowError
 
 
 def cfgs(weights, tmp_path, endpoint=None):
@@ -31,9 +31,9 @@ def test_an_s3_uri_is_staged_once_in_the_cache(s3, s3_server, bucket, tmp_path):
 
 
 def test_missing_file_and_missing_object_are_one_line_errors(s3_server, bucket, tmp_path):
-    with pytest.raises(PipelineError, match="neither standard, auto, random"):
+    with pytest.raises(GanflowError, match="neither standard, auto, random"):
         resolve_weights(*cfgs(str(tmp_path / "nope.pth"), tmp_path))
-    with pytest.raises(PipelineError, match="S3 download of s3://"):
+    with pytest.raises(GanflowError, match="S3 download of s3://"):
         resolve_weights(*cfgs(f"s3://{bucket}/missing.pth", tmp_path, s3_server.url))
 
 
@@ -45,7 +45,7 @@ def test_standard_without_cache_or_network_says_how_to_provide_the_file(tmp_path
     def offline(*a, **k):
         raise OSError("network is unreachable")
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    with pytest.raises(PipelineError, match="weights-inception-2015-12-05-6726825d.pth into"):
+    with pytest.raises(GanflowError, match="weights-inception-2015-12-05-6726825d.pth into"):
         resolve_weights(*cfgs("standard", tmp_path))
     assert resolve_weights(*cfgs("auto", tmp_path)) == (None, "random")
     cached = tmp_path / "hub" / "checkpoints" / "weights-inception-2015-12-05-6726825d.pth"
