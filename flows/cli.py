@@ -100,17 +100,22 @@ def cmd_sample(args) -> None:
     from tasks.sample import sample_images
 
     with stdout_to_stderr(args.json):
-        r = sample_images(args.model, args.n, args.out, seed=args.seed)
-    _emit(args, r, f"{r['n']} images from {args.model} (v{r['model_version']}) -> {r['out']}")
+        r = sample_images(args.model, args.n, args.out, seed=args.seed, truncation=args.truncation, z_file=args.z)
+    what = f"{r['frames']} frames of {r['n']} latent walks" if "frames" in r else f"{r['n']} images"
+    _emit(args, r, f"{what} from {args.model} (v{r['model_version']}) -> {r['out']}")
 
 
 def cmd_evaluate(args) -> None:
     from tasks.evaluate import evaluate_registered
 
     with stdout_to_stderr(args.json):
-        r = evaluate_registered(args.model, args.set or [])
-    recorded = (f"   (recorded at registration: {r['recorded_fid']:.6g})" if r["recorded_fid"] is not None else
-                "   (protocol differs from the registration's: not comparable with its recorded FID)")
+        r = evaluate_registered(args.model, args.set or [], protocol_of=args.protocol_of)
+    recorded = (f"   (recorded before under this protocol: {r['recorded_fid']:.6g})" if r["recorded_fid"] is not None
+                else "   (first evaluation under this protocol; recorded on the version)")
+    other = r["compared_with"]
+    if other:
+        recorded += (f"\n  v{other['model_version']} under the same protocol: FID {other['fid']:.6g}"
+                     if other["fid"] is not None else f"\n  v{other['model_version']} has no FID under this protocol")
     _emit(args, r, f"{r['model_name']} v{r['model_version']}: FID {r['fid']:.6g}   "
           f"KID {r['kid']:.4g} +- {r['kid_std']:.2g}{recorded}")
 
@@ -119,8 +124,29 @@ def cmd_promote(args) -> None:
     from gan_model.config import RegistryConfig
     from tasks.registry import promote
 
-    r = promote(RegistryConfig(), args.name, str(args.version), args.alias)
-    _emit(args, r, f"{r['model_name']} v{r['model_version']} -> @{r['alias']}")
+    r = promote(RegistryConfig(), args.name, args.version, alias=args.alias, rollback=args.rollback)
+    back = f" (rolled back from v{r['rolled_back']})" if r.get("rolled_back") else ""
+    _emit(args, r, f"{r['model_name']} v{r['model_version']} -> @{r['alias']}{back}")
+
+
+def cmd_models(args) -> None:
+    from gan_model.config import RegistryConfig
+    from tasks.registry import list_versions
+
+    r = list_versions(RegistryConfig(), args.name)
+    head = ("VERSION", "ALIASES", "FID", "KID", "PROTOCOL", "WEIGHTS", "DATA SET", "CREATED", "DECISION")
+    rows = [head] + [(v["version"], ",".join("@" + a for a in v["aliases"]) or "-",
+                      f"{v['fid']:.4g}" if v["fid"] is not None else "-", f"{v['kid']:.3g}" if v["kid"] is not None else "-",
+                      v["protocol_key"] or "-", v["fid_weights"] or "-", v["dataset_version"] or "-",
+                      v["created"][:16].replace("T", " "), v["decision"] or "-") for v in r["versions"]]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head) - 1)]
+    _emit(args, r, "\n".join("  ".join([c.ljust(w) for c, w in zip(row, widths)] + [row[-1]]) for row in rows))
+
+
+def cmd_serve_model(args) -> None:
+    from tasks.serving import serve_model
+
+    serve_model(args.model, host=args.host, port=args.port, workers=args.workers)
 
 
 def cmd_serve(args) -> None:
@@ -169,6 +195,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _psi(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ganflow", description="S3 images in, an evaluated, registered GAN out.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -197,19 +230,38 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("evaluate", help="FID/KID of a registered generator against its data set")
     sp.add_argument("--model", required=True, help="models:/NAME@ALIAS or models:/NAME/VERSION")
     sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override the run's config, e.g. eval.n_generated=2048")
+    sp.add_argument("--protocol-of", metavar="URI", help="evaluate under this other version's protocol and data set "
+                    "version, so the two FIDs compare (e.g. the champion under a new version's protocol)")
     with_json(sp); sp.set_defaults(fn=cmd_evaluate)
 
-    sp = sub.add_parser("sample", help="images from a registered generator")
+    sp = sub.add_parser("sample", help="images from a registered generator (its weights only, never its code)")
     sp.add_argument("--model", required=True, help="e.g. models:/ganflow-generator@champion")
-    sp.add_argument("-n", type=_positive, default=64)
+    sp.add_argument("-n", type=_positive, default=None, help="images (or latent walks); default 64, or the rows of --z")
     sp.add_argument("--seed", type=int, default=0, help="first seed; image i uses seed+i")
-    sp.add_argument("--out", required=True, help="a .png file (grid) or a folder (one PNG per image)")
+    sp.add_argument("--truncation", type=_psi, default=1.0, metavar="PSI",
+                    help="pull latents towards the mean: 1 = none (default), 0.7 = typical images, 0 = the mean")
+    sp.add_argument("--z", metavar="FILE.npy", help="latent vectors (N, z_dim) to use instead of seeds")
+    sp.add_argument("--out", required=True,
+                    help="grid.png, a folder (one PNG per image), or walk.gif / walk.mp4 (a looping latent walk)")
     with_json(sp); sp.set_defaults(fn=cmd_sample)
 
-    sp = sub.add_parser("promote", help="set an alias by hand (promotion or rollback)")
-    sp.add_argument("name"); sp.add_argument("version")
-    sp.add_argument("--alias", required=True, choices=["champion", "challenger"])
+    sp = sub.add_parser("promote", help="set an alias by hand, or roll @champion back to the previous one")
+    sp.add_argument("name"); sp.add_argument("version", nargs="?")
+    how = sp.add_mutually_exclusive_group(required=True)
+    how.add_argument("--alias", choices=["champion", "challenger"])
+    how.add_argument("--rollback", action="store_true", help="give @champion back to the previous champion")
     with_json(sp); sp.set_defaults(fn=cmd_promote)
+
+    sp = sub.add_parser("models", help="versions of a registered model: aliases, FID/KID, protocol, data set, date")
+    sp.add_argument("name", nargs="?", default="ganflow-generator")
+    with_json(sp); sp.set_defaults(fn=cmd_models)
+
+    sp = sub.add_parser("serve-model", help="serve a registered generator over HTTP (MLflow's model server)")
+    sp.add_argument("--model", default="models:/ganflow-generator@champion")
+    sp.add_argument("--host", default="127.0.0.1", help="127.0.0.1 (default) or 0.0.0.0 to accept other machines")
+    sp.add_argument("--port", type=int, default=5001)
+    sp.add_argument("--workers", type=_positive, default=1)
+    sp.set_defaults(fn=cmd_serve_model)
 
     sp = sub.add_parser("serve", help="schedule the pipeline on a Prefect server")
     sp.add_argument("--cron", required=True, help='e.g. "0 3 * * *"')

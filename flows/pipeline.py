@@ -18,9 +18,10 @@ def ganflow_pipeline(config: GanflowConfig | None = None) -> dict:
     run_id = str(flow_run.id) if flow_run.id else None
     with ray_session():  # a local Ray instance started by a step ends with the run
         dataset = steps.ingest(cfg)
-        trained = steps.train(cfg, dataset)
+        mlflow_run_id = steps.track(cfg, dataset, run_id)  # one MLflow run, open before training
+        trained = steps.train(cfg, dataset, mlflow_run_id)
         evaluation = steps.evaluate(cfg, dataset, trained)
-        registration = steps.register(cfg, dataset, trained, evaluation, run_id)
+        registration = steps.register(cfg, dataset, trained, evaluation, mlflow_run_id)
     summary = {
         "dataset_version": dataset.version, "n_images": dataset.n_images, "n_skipped": dataset.n_skipped,
         "fid": evaluation.fid, "kid": evaluation.kid, "kid_std": evaluation.kid_std,

@@ -40,6 +40,14 @@ def export_generator(checkpoint_dir: str | Path, out_path: str | Path) -> Path:
     return out_path
 
 
+def ema_generator(checkpoint_dir: str | Path) -> Generator:
+    """The EMA generator of a training checkpoint, ready to sample (weights only)."""
+    state = load_checkpoint(checkpoint_dir)
+    g = Generator(**state["generator_kwargs"])
+    g.load_state_dict(state["G_ema"])
+    return g.eval().requires_grad_(False)
+
+
 def load_generator(path: str | Path, map_location: str | torch.device = "cpu") -> Generator:
     blob = torch.load(path, map_location=map_location, weights_only=True)
     g = Generator(**blob["kwargs"])

@@ -33,17 +33,33 @@ def identity_hash(*parts: BaseModel | dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _no_secret(uri: str | None) -> str | None:
+# scheme://userinfo@host...: a user name, a token or user:password before the host.
+_USERINFO = re.compile(r"^([a-z][a-z0-9+.\-]*://)([^/@\s]+)@", re.I)
+
+
+def strip_userinfo(uri: str) -> str:
+    """`uri` without the credentials before its host (https://user:pass@host/x -> https://host/x),
+    for everything that is shown, logged or stored."""
+    return _USERINFO.sub(r"\1", uri) if uri else uri
+
+
+def _no_secret(value):
     # The config is logged, stored with every MLflow run and shown in the
-    # Prefect UI, so it must never carry a password.
-    if uri and re.match(r"^[a-z][a-z0-9+.\-]*://[^/@\s]*:[^/@\s]*@", uri, re.I):
-        raise ValueError("must not embed a password: pass credentials through the environment "
-                         "(AWS_* variables or a profile; MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_URI)")
-    return uri
+    # Prefect UI, so no value in it may carry credentials.
+    if isinstance(value, str) and _USERINFO.match(value):
+        raise ValueError("must not embed credentials (user:password@ in a URI): pass them through the "
+                         "environment (AWS_* variables or a profile; MLFLOW_TRACKING_USERNAME/PASSWORD)")
+    return value
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*")
+    @classmethod
+    def _no_credentials(cls, value):
+        # Every string value in every section: a URI field added later is checked by default.
+        return _no_secret(value)
 
     def part(self, cls: type[BaseModel]) -> BaseModel:
         """The sub-model `cls` (a base class of this section) holding this section's values."""
@@ -100,7 +116,7 @@ class DataConfig(Preprocessing):
     def _endpoint(cls, v: str | None) -> str | None:
         if v is not None and not re.match(r"https?://[^/\s]+", v):
             raise ValueError(f"must be an http(s):// URL, got {v!r}")
-        return _no_secret(v)
+        return v
 
     def preprocessing(self) -> Preprocessing:
         return self.part(Preprocessing)
@@ -180,14 +196,15 @@ class EvalConfig(EvalProtocol):
 
 class RegistryConfig(_Section):
     tracking_uri: str | None = Field(None, description=f"None = MLFLOW_TRACKING_URI or SQLite under {STATE_DIR}")
-
-    @field_validator("tracking_uri")
-    @classmethod
-    def _uri(cls, v: str | None) -> str | None:
-        return _no_secret(v)
     experiment: str = "ganflow"
     model_name: str = "ganflow-generator"
     promote: bool = Field(True, description="set @champion when better, else @challenger")
+    min_improvement: float = Field(
+        0.0, ge=0, lt=1, description="a new version becomes @champion only when its FID is lower than the "
+        "champion's by at least this fraction (0.05 = 5%), under the same evaluation protocol")
+    reevaluate_champion: bool = Field(
+        False, description="when the champion was evaluated under another protocol (new data set version, "
+        "weights or sample counts), evaluate it under this run's protocol before deciding")
 
 
 class GanflowConfig(_Section):

@@ -106,6 +106,23 @@ def save_png(array_hwc: np.ndarray, path: str | Path) -> Path:
     return path
 
 
+def png_bytes(array_hwc: np.ndarray) -> bytes:
+    """One uint8 (H, W, C) image as PNG file bytes."""
+    buf = io.BytesIO()
+    Image.fromarray(array_hwc[:, :, 0] if array_hwc.shape[2] == 1 else array_hwc).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def save_gif(frames_hwc: list[np.ndarray], path: str | Path, fps: int = 12) -> Path:
+    """uint8 (H, W, C) frames as a looping animated GIF."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images = [Image.fromarray(f[:, :, 0] if f.shape[2] == 1 else f) for f in frames_hwc]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0,
+                   optimize=False)
+    return path
+
+
 def load_folder(folder: str | Path, channels: int = 3) -> list[np.ndarray]:
     """Every decodable image under `folder` as uint8 (C, H, W) at its own size, sorted by path."""
     folder = Path(folder)

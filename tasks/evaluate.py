@@ -170,30 +170,58 @@ def evaluate_generator_file(cfg: GanflowConfig, dataset: DatasetVersion, generat
         sample_grid=str(sample_grid), generator_path=str(generator_path), warnings=warnings)
 
 
-def evaluate_registered(model_uri: str, overrides: list[str] | tuple[str, ...] = (),
-                        registry: RegistryConfig | None = None) -> dict:
-    """FID/KID of a registered generator under the protocol of the run that registered it
-    (overridable), against the data set version it was trained on."""
+def registered_config(client, mv) -> dict:
+    """The raw config a registered version was trained and evaluated with: the copy logged with
+    the model, else (versions registered before it was) its run's config.yaml."""
+    import mlflow
     import yaml
 
+    with tempfile.TemporaryDirectory(prefix="ganflow-config-") as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{mv.name}/{mv.version}/artifacts/config.yaml", dst_path=tmp)
+        except Exception:
+            path = client.download_artifacts(mv.run_id, "config.yaml", tmp)
+        return yaml.safe_load(open(path))
+
+
+def evaluate_registered(model_uri: str, overrides: list[str] | tuple[str, ...] = (),
+                        registry: RegistryConfig | None = None, protocol_of: str | None = None) -> dict:
+    """FID/KID of a registered generator under the protocol of the run that registered it, or of
+    another version's (`protocol_of`: its eval settings and data set version, so the two FIDs can
+    be compared), overridable. The result is recorded on the version under its protocol, where
+    promotion decisions find it."""
     from tasks.ray_runtime import ray_session
-    from tasks.registry import download_generator, mlflow_client, model_version
+    from tasks.registry import download_generator, fid_under, mlflow_client, model_version, record_evaluation
 
     client, _, uri = mlflow_client(registry or RegistryConfig())
     mv = model_version(client, model_uri, uri)
-    with tempfile.TemporaryDirectory(prefix="ganflow-eval-") as tmp:
-        raw = yaml.safe_load(open(client.download_artifacts(mv.run_id, "config.yaml", tmp)))
-    cfg = build_config(raw, overrides)
+    raw = registered_config(client, mv)
     version = mv.tags.get("ganflow.dataset_version", "")
+    other = None
+    if protocol_of:
+        other = model_version(client, protocol_of, uri)
+        theirs = registered_config(client, other)
+        raw = {**raw, "eval": theirs["eval"], "data": theirs["data"]}
+        version = other.tags.get("ganflow.dataset_version", "")
+    cfg = build_config(raw, overrides)
     dataset = published_version(cfg.data, version)
     out = Path(cfg.eval.output_dir).expanduser().resolve() / f"{mv.name}-v{mv.version}"
     generator = download_generator(model_uri, out / "generator.pt")
+    g = load_generator(generator)
+    if (g.resolution, g.channels) != (dataset.resolution, dataset.channels):
+        raise UsageError(f"{model_uri} makes {g.resolution}px images with {g.channels} channel(s), data set "
+                         f"{version} holds {dataset.resolution}px with {dataset.channels}: FIDs would not compare")
     with ray_session():
         result = evaluate_generator_file(cfg, dataset, generator)
-    same_protocol = mv.tags.get("ganflow.protocol_key") == result.protocol["key"]
-    recorded = mv.tags.get("ganflow.fid") if same_protocol else None
+    key = result.protocol["key"]
+    recorded = fid_under(mv, key)
+    record_evaluation(client, mv.name, str(mv.version), key, result.fid, result.kid)
+    compared = None
+    if other is not None:
+        compared = {"model_version": str(other.version), "fid": fid_under(other, key)}
     return {"model_name": mv.name, "model_version": str(mv.version), "dataset_version": version,
-            **result.model_dump(), "recorded_fid": float(recorded) if recorded else None}
+            **result.model_dump(), "protocol_key": key, "recorded_fid": recorded, "compared_with": compared}
 
 
 def fid_between_folders(dir_a: str | Path, dir_b: str | Path, weights: str = "auto",

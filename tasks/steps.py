@@ -29,12 +29,19 @@ def ingest(cfg: GanflowConfig) -> DatasetVersion:
     return ingest_dataset(cfg.data)
 
 
+@task(name="track", retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_unless_user_error)
+def track(cfg: GanflowConfig, dataset: DatasetVersion, flow_run_id: str | None = None) -> str:
+    # Opens (or, on a retry or re-run, continues) the MLflow run before training: its id.
+    from tasks.tracking import open_run
+    return open_run(cfg, dataset, flow_run_id)
+
+
 @task(name="train", retries=1, retry_delay_seconds=5, retry_condition_fn=_retry_unless_user_error)
-def train(cfg: GanflowConfig, dataset: DatasetVersion) -> TrainResult:
+def train(cfg: GanflowConfig, dataset: DatasetVersion, mlflow_run_id: str | None = None) -> TrainResult:
     # A retry re-creates the trainer with the same run name: it resumes from
     # the latest checkpoint rather than starting over.
-    from tasks.train import train_gan
-    return train_gan(cfg, dataset)
+    from tasks.tracking import train_tracked
+    return train_tracked(cfg, dataset, mlflow_run_id)
 
 
 @task(name="evaluate", retries=1, retry_delay_seconds=5, retry_condition_fn=_retry_unless_user_error)
@@ -45,6 +52,6 @@ def evaluate(cfg: GanflowConfig, dataset: DatasetVersion, trained: TrainResult) 
 
 @task(name="register", retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_unless_user_error)
 def register(cfg: GanflowConfig, dataset: DatasetVersion, trained: TrainResult, evaluation: EvalResult,
-             flow_run_id: str | None = None) -> Registration:
+             mlflow_run_id: str | None = None) -> Registration:
     from tasks.register import register_generator
-    return register_generator(cfg, dataset, trained, evaluation, flow_run_id)
+    return register_generator(cfg, dataset, trained, evaluation, mlflow_run_id)

@@ -54,6 +54,7 @@ def run_name(cfg: GanflowConfig, dataset: DatasetVersion) -> str:
 
 def _train_worker(config: dict) -> None:
     """Runs on every Ray Train worker."""
+    import time
     import warnings
 
     import torch
@@ -87,7 +88,8 @@ def _train_worker(config: dict) -> None:
 
     def report(metrics: dict, checkpoint_dir: str | None) -> None:
         ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        ray.train.report(metrics, checkpoint=ckpt)
+        # When rank 0 measured them: the driver logs them later, with this time.
+        ray.train.report({**metrics, "timestamp": time.time()}, checkpoint=ckpt)
         if rank == 0 and "loss_d" in metrics:
             print(f"[ganflow] step {metrics['step']}/{recipe.steps} loss_d={metrics['loss_d']:.3f} "
                   f"loss_g={metrics['loss_g']:.3f} {metrics['images_per_s']:.0f} img/s", flush=True)
@@ -106,14 +108,18 @@ def _train_worker(config: dict) -> None:
 
 
 class _Progress:
-    """Rank 0's reports, relayed from Ray Train's controller to the driver through a Ray queue,
-    shown as a Prefect progress artifact while training runs (when inside a Prefect run)."""
+    """Rank 0's reports, relayed from Ray Train's controller to the driver through a Ray queue:
+    each is handed to `on_report(metrics, checkpoint_uri)` on the driver, in order (MLflow logging
+    lives there, not on the workers), and the latest is shown as a Prefect progress artifact while
+    training runs (when inside a Prefect run)."""
 
-    def __init__(self, total: int, name: str):
+    def __init__(self, total: int, name: str, on_report: Callable[[dict, str | None], None] | None = None,
+                 s3_storage: bool = False):
         from ray.util.queue import Queue
 
-        self.total, self.name, self.artifact = total, name, None
+        self.total, self.name, self.artifact, self.on_report = total, name, None, on_report
         self.queue = Queue(maxsize=10_000, actor_options={"num_cpus": 0})
+        self.s3_storage = s3_storage
         try:
             from prefect.artifacts import create_progress_artifact
             from prefect.context import get_run_context
@@ -126,13 +132,16 @@ class _Progress:
     def callback(self):
         from ray.train import UserCallback
 
-        queue = self.queue
+        queue, s3_storage = self.queue, self.s3_storage
 
         class Relay(UserCallback):
             def after_report(self, run_context, metrics, checkpoint):
                 if metrics and "step" in metrics[0]:
+                    path = None
+                    if checkpoint is not None:  # already persisted to storage when this is called
+                        path = f"s3://{checkpoint.path}" if s3_storage else checkpoint.path
                     try:
-                        queue.put_nowait(dict(metrics[0]))
+                        queue.put_nowait((dict(metrics[0]), path))
                     except Exception:  # never let progress reporting break training
                         pass
 
@@ -141,7 +150,9 @@ class _Progress:
     def drain(self) -> None:
         latest = None
         while not self.queue.empty():
-            latest = self.queue.get_nowait()
+            latest, checkpoint = self.queue.get_nowait()
+            if self.on_report is not None:
+                self.on_report(latest, checkpoint)
         if latest is None:
             return
         if self.artifact is not None:
@@ -150,6 +161,10 @@ class _Progress:
 
     def close(self) -> None:
         import ray
+        try:
+            self.drain()  # the last reports (the final checkpoint) arrive as fit() returns
+        except Exception as err:
+            log.warning("could not relay the last training reports: %s", err)
         try:
             ray.kill(self.queue.actor)
         except Exception:
@@ -184,11 +199,13 @@ def _fit_watched(trainer, progress: _Progress):
 
 
 def train_gan(cfg: GanflowConfig, dataset: DatasetVersion, *,
-              before_step: Callable[[int], None] | None = None) -> TrainResult:
+              before_step: Callable[[int], None] | None = None,
+              on_report: Callable[[dict, str | None], None] | None = None) -> TrainResult:
     """Train (or resume, or find finished) the run named after the data set and the recipe.
 
     `before_step(step)` runs on every worker before each step (fault injection, profiling); it
-    is shipped to the workers by value, so it must be picklable.
+    is shipped to the workers by value, so it must be picklable. `on_report(metrics,
+    checkpoint_uri)` runs on the driver for each of rank 0's reports, in order.
     """
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -205,7 +222,7 @@ def train_gan(cfg: GanflowConfig, dataset: DatasetVersion, *,
 
     storage_path, filesystem = storage(cfg)
     name = run_name(cfg, dataset)
-    progress = _Progress(tc.steps, name)
+    progress = _Progress(tc.steps, name, on_report, s3_storage=filesystem is not None)
     trainer = TorchTrainer(
         _train_worker,
         # The workers get the recipe and model settings they compute with, where the data set
@@ -238,7 +255,8 @@ def train_gan(cfg: GanflowConfig, dataset: DatasetVersion, *,
                             f"when started again") from err
     if result.checkpoint is None:
         raise GanflowError("training finished without a checkpoint: check train.checkpoint_every")
-    metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
+    metrics = {k: float(v) for k, v in (result.metrics or {}).items()
+               if isinstance(v, (int, float)) and k != "timestamp"}
     uri = f"s3://{result.checkpoint.path}" if filesystem is not None else result.checkpoint.path
     return TrainResult(checkpoint_uri=uri, run_name=name,
                        steps=int(metrics.get("step", tc.steps)), metrics=metrics)
