@@ -19,14 +19,18 @@ class MlflowServer(LocalService):
     start_timeout = 120.0
 
     def __init__(self, backend_store_uri: str, default_artifact_root: str, port: int | None = None, *,
-                 log_path: str | os.PathLike | None = None, workers: int = 1, extra_args: Sequence[str] = ()):
+                 log_path: str | os.PathLike | None = None, workers: int = 1, job_execution: bool = False,
+                 extra_args: Sequence[str] = ()):
         port = port or free_port()
         # One worker: mlflow's default of four triples start-up time and memory on a small
         # machine, and a development server has one user.
         args = ["server", "--host", HOST, "--port", str(port), "--workers", str(workers),
                 "--backend-store-uri", backend_store_uri, "--default-artifact-root", default_artifact_root,
                 *extra_args]
-        super().__init__([find_executable("mlflow"), *args], port, "/health", log_path=log_path)
+        # MLflow's job execution (GenAI evaluation jobs, which ganflow does not use) starts eight
+        # more processes that outlive the server by up to 20 s when it is killed.
+        env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": str(job_execution).lower()}
+        super().__init__([find_executable("mlflow"), *args], port, "/health", log_path=log_path, env=env)
 
     @property
     def tracking_uri(self) -> str:
