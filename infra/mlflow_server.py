@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from infra.process import HOST, LocalService, find_executable, free_port
 
@@ -12,7 +12,8 @@ class MlflowServer(LocalService):
     """`mlflow server` on 127.0.0.1:`port` with its runs and registry in `backend_store_uri`.
 
     `extra_args` go on the command line as they are, e.g.
-    `["--artifacts-destination", "s3://bucket/mlartifacts"]`.
+    `["--artifacts-destination", "s3://bucket/mlartifacts"]`; `env` adds variables for the server
+    alone, e.g. `{"MLFLOW_S3_ENDPOINT_URL": ...}` for an S3-compatible artifact store.
     """
 
     name = "MLflow server"
@@ -20,7 +21,7 @@ class MlflowServer(LocalService):
 
     def __init__(self, backend_store_uri: str, default_artifact_root: str, port: int | None = None, *,
                  log_path: str | os.PathLike | None = None, workers: int = 1, job_execution: bool = False,
-                 extra_args: Sequence[str] = ()):
+                 extra_args: Sequence[str] = (), env: Mapping[str, str] | None = None):
         port = port or free_port()
         # One worker: mlflow's default of four triples start-up time and memory on a small
         # machine, and a development server has one user.
@@ -29,7 +30,7 @@ class MlflowServer(LocalService):
                 *extra_args]
         # MLflow's job execution (GenAI evaluation jobs, which ganflow does not use) starts eight
         # more processes that outlive the server by up to 20 s when it is killed.
-        env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": str(job_execution).lower()}
+        env = {**(env or {}), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": str(job_execution).lower()}
         super().__init__([find_executable("mlflow"), *args], port, "/health", log_path=log_path, env=env)
 
     @property

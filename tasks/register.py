@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-import warnings
 from importlib import metadata
 from pathlib import Path
 
@@ -69,18 +68,25 @@ def _log_evaluation(client, run_id: str, evaluation: EvalResult) -> None:
     client.log_dict(run_id, evaluation.protocol, "fid_protocol.json")
 
 
-def _logged_model(client, exp_id: str, run_id: str, cfg: GanflowConfig, evaluation: EvalResult):
-    """The READY LoggedModel of this run under this protocol, logged once."""
+def _logged_model(client, exp_id: str, run_id: str, cfg: GanflowConfig, evaluation: EvalResult, step: int) -> str:
+    """The LoggedModel of this run under this protocol: created once (tagged with the protocol
+    before anything is uploaded), so a retry after a failed upload logs into the same model."""
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+
     key = evaluation.protocol["key"]
     found = client.search_logged_models([exp_id], filter_string=(
-        f"source_run_id = '{run_id}' AND tags.`ganflow.protocol_key` = '{key}' AND status = 'READY'"),
-        max_results=1)
-    if found:
-        return found[0].model_id
-    return _log_model(run_id, cfg, evaluation).model_id
+        f"source_run_id = '{run_id}' AND tags.`ganflow.protocol_key` = '{key}'"))
+    ready = [m for m in found if m.status == LoggedModelStatus.READY]
+    if ready:
+        return ready[0].model_id
+    model = found[0] if found else client.create_logged_model(
+        exp_id, name=MODEL_NAME, source_run_id=run_id, tags={"ganflow.protocol_key": key})
+    _log_model(model.model_id, cfg, evaluation)
+    client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step)])
+    return model.model_id
 
 
-def _log_model(run_id: str, cfg: GanflowConfig, evaluation: EvalResult):
+def _log_model(model_id: str, cfg: GanflowConfig, evaluation: EvalResult) -> None:
     import mlflow
     import numpy as np
     import pandas as pd
@@ -93,17 +99,15 @@ def _log_model(run_id: str, cfg: GanflowConfig, evaluation: EvalResult):
                        ColSpec(Array(DataType.double), "z", required=False)]),
         params=ParamSchema([ParamSpec("truncation", DataType.double, 1.0),
                             ParamSpec("format", DataType.string, "uint8")]))
-    with tempfile.TemporaryDirectory(prefix="ganflow-model-") as tmp, mlflow.start_run(run_id=run_id), \
-            warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*type hints.*")  # the signature is explicit
+    # Into the existing LoggedModel, with no fluent (active) run: nothing is printed on stdout.
+    with tempfile.TemporaryDirectory(prefix="ganflow-model-") as tmp:
         config = Path(tmp) / "config.yaml"
         config.write_text(to_yaml(cfg))  # the config this generator was trained and evaluated with
-        return mlflow.pyfunc.log_model(
-            name=MODEL_NAME, python_model=str(PYFUNC_FILE),
+        mlflow.pyfunc.log_model(
+            model_id=model_id, python_model=str(PYFUNC_FILE),
             artifacts={"generator": evaluation.generator_path, "config": str(config)},
             code_paths=[str(GAN_MODEL_DIR)], signature=signature, pip_requirements=serving_requirements(),
-            input_example=pd.DataFrame({"seed": np.arange(2, dtype=np.int64)}),
-            tags={"ganflow.protocol_key": evaluation.protocol["key"]})
+            input_example=pd.DataFrame({"seed": np.arange(2, dtype=np.int64)}))
 
 
 def _link_scores(client, run_id: str, model_id: str, dataset: DatasetVersion, evaluation: EvalResult,
@@ -196,7 +200,7 @@ def register_generator(cfg: GanflowConfig, dataset: DatasetVersion, trained: Tra
 
     # 1. The evaluation, the logged model and its scores (each idempotent).
     _log_evaluation(client, run_id, evaluation)
-    model_id = _logged_model(client, exp_id, run_id, cfg, evaluation)
+    model_id = _logged_model(client, exp_id, run_id, cfg, evaluation, trained.steps)
     _link_scores(client, run_id, model_id, dataset, evaluation, trained.steps, cfg.data.source)
 
     # 2. One registered version per (run, protocol).

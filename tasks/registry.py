@@ -62,6 +62,9 @@ def mlflow_client(reg: RegistryConfig):
     import mlflow
     from mlflow import MlflowClient
 
+    # MLflow prints "View run ... at: URL" on stdout when a run ends on a server; stdout is for
+    # results (--json promises exactly one object), and ganflow names the run itself.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     uri = tracking_uri(reg)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)

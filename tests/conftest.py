@@ -33,7 +33,7 @@ from tests.helpers import ROOT, clean_env  # noqa: E402
 os.environ.update(LOCAL_CREDENTIALS)
 
 # Fixtures that start a server, Ray or a subprocess: tests using them are `slow`.
-SLOW_FIXTURES = {"s3_server", "s3", "bucket", "prefect_harness", "local_ray", "run_cli"}
+SLOW_FIXTURES = {"s3_server", "s3", "bucket", "prefect_harness", "local_ray", "run_cli", "mlflow_server"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -47,6 +47,25 @@ def s3_server(tmp_path_factory):
     server = LocalS3Server(log_path=str(tmp_path_factory.mktemp("s3") / "server.log")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(s3_server, tmp_path_factory):
+    """A real MLflow tracking server on loopback for the tests of one module: runs and registry in
+    SQLite, artifacts in a bucket of the local S3 server, served through the tracking server (so
+    clients need no S3 access of their own). `.bucket` and `.folder` say where things are."""
+    from infra.mlflow_server import MlflowServer
+    from tasks.s3 import make_client
+
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    artifacts_bucket = f"mlartifacts-{uuid.uuid4().hex[:8]}"
+    make_client(s3_server.url).create_bucket(Bucket=artifacts_bucket)
+    server = MlflowServer(f"sqlite:///{folder / 'mlflow.db'}", "mlflow-artifacts:/", log_path=folder / "server.log",
+                          extra_args=["--artifacts-destination", f"s3://{artifacts_bucket}/artifacts"],
+                          env={"MLFLOW_S3_ENDPOINT_URL": s3_server.url, **LOCAL_CREDENTIALS})
+    server.bucket, server.folder = artifacts_bucket, folder
+    with server:
+        yield server
 
 
 @pytest.fixture()

@@ -80,3 +80,40 @@ def clean_env(home: Path, **extra: str) -> dict:
            if not k.startswith(("AWS_", "PREFECT_", "MLFLOW_", "RAY_ADDRESS"))}
     env.update(HOME=str(home), PYTHONPATH=str(ROOT), **extra)
     return env
+
+
+def fake_generator(path: Path, seed: int, z_dim: int = 8, resolution: int = 16) -> Path:
+    """An untrained generator (seeded weights), saved the way the pipeline exports one."""
+    import torch
+
+    from gan_model.networks import Generator
+    torch.manual_seed(seed)
+    g = Generator(z_dim=z_dim, width=4, channels=1, resolution=resolution)
+    with torch.no_grad():  # BatchNorm statistics of its own activations, and an output layer
+        for _ in range(10):  # strong enough that images differ visibly with z
+            g(torch.randn(64, z_dim))
+        [m for m in g.modules() if isinstance(m, torch.nn.ConvTranspose2d)][-1].weight.mul_(100)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"kwargs": g.kwargs, "state_dict": g.state_dict(), "step": 1}, path)
+    return path
+
+
+def register_fake(cfg, folder: Path, fid: float, *, key: str = "P1", seed: int = 0, dataset_version: str = "dsv1"):
+    """Register a seeded untrained generator with a given FID under protocol `key`, through the
+    pipeline's register step (its own MLflow run: the training recipe differs by `seed`)."""
+    from gan_model.images import save_png
+    from tasks.register import register_generator
+    from tasks.types import DatasetVersion, EvalResult, TrainResult
+
+    cfg = cfg.model_copy(deep=True)
+    cfg.train.seed = seed
+    out = folder / f"fake-{seed}"
+    grid = save_png(np.zeros((8, 8, 1), np.uint8), out / "samples.png")
+    evaluation = EvalResult(
+        fid=fid, kid=fid / 100, kid_std=0.01, n_generated=10, n_reference=10, comparable=False,
+        protocol={"key": key, "weights": "random", "weights_sha256": "0" * 64, "n_generated": "10",
+                  "n_reference": "10"},
+        sample_grid=str(grid), generator_path=str(fake_generator(out / "generator.pt", seed, cfg.model.z_dim)))
+    dataset = DatasetVersion(uri=str(folder / "no-such-dataset"), version=dataset_version, n_images=10,
+                             resolution=16, channels=1)
+    return register_generator(cfg, dataset, TrainResult(checkpoint_uri="unused", run_name="fake", steps=1), evaluation)

@@ -57,3 +57,20 @@ def test_repo_configs_are_valid():
 def test_flat_params_cover_every_section():
     params = flat_params(GanflowConfig())
     assert {k.split(".")[0] for k in params} == {"data", "model", "train", "eval", "registry"}
+
+
+@pytest.mark.parametrize("key", ["data.endpoint_url", "data.processed_uri", "data.cache_dir", "train.storage_path",
+                                 "eval.fid_weights", "eval.output_dir", "registry.tracking_uri"])
+@pytest.mark.parametrize("userinfo", ["user:secret@", "token@"])
+def test_no_config_value_may_carry_credentials(key, userinfo):
+    # Every value becomes an MLflow param and shows in the Prefect UI.
+    with pytest.raises(ConfigError, match=f"invalid config value for '{key}': must not embed credentials") as err:
+        build_config({}, [f"{key}=https://{userinfo}host.example/x"])
+    assert "secret" not in str(err.value) and "token" not in str(err.value)
+    assert build_config({}, ["data.processed_uri=s3://bucket/a@b/c"]).data.processed_uri == "s3://bucket/a@b/c"
+
+
+def test_strip_userinfo_keeps_everything_but_the_credentials():
+    from gan_model.config import strip_userinfo
+    assert strip_userinfo("https://u:p@host:8443/a@b?x=1") == "https://host:8443/a@b?x=1"
+    assert strip_userinfo("sqlite:////tmp/m.db") == "sqlite:////tmp/m.db"
