@@ -15,7 +15,7 @@ import logging
 import os
 from typing import Iterator
 
-from gan_model.config import DEMO_BUCKET, STATE_DIR, GanflowConfig
+from gan_model.config import DEMO_BUCKET, STATE_DIR, GanflowConfig, strip_userinfo
 
 EPHEMERAL_STARTUP_TIMEOUT_S = 180
 log = logging.getLogger("ganflow")
@@ -72,6 +72,7 @@ def data_source(cfg: GanflowConfig) -> Iterator[GanflowConfig]:
 
 
 def mlflow_ui_command(tracking_uri: str) -> str:
+    tracking_uri = strip_userinfo(tracking_uri)  # shown to users: never with credentials
     if tracking_uri.startswith(("http://", "https://")):
         return f"open {tracking_uri}"
     return f"mlflow ui --backend-store-uri {tracking_uri}"
@@ -80,5 +81,5 @@ def mlflow_ui_command(tracking_uri: str) -> str:
 def prefect_ui_command() -> str:
     api = os.environ.get("PREFECT_API_URL")
     if api:
-        return f"open {api.removesuffix('/api')}"
+        return f"open {strip_userinfo(api).removesuffix('/api')}"
     return f"PREFECT_HOME={os.environ.get('PREFECT_HOME', '~/.prefect')} prefect server start  # then open http://127.0.0.1:4200"

@@ -14,6 +14,7 @@ registry.reevaluate_champion is set, else the decision says which command does i
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from importlib import metadata
@@ -230,7 +231,6 @@ def register_generator(cfg: GanflowConfig, dataset: DatasetVersion, trained: Tra
         log.info("%s v%s was decided before (%s): aliases left as they are", name, version, decided)
         reason = f"decided before: {decided}"
     elif INTENT_TAG in current.tags:
-        import json
         intent = json.loads(current.tags[INTENT_TAG])
         alias, reason = intent["alias"], intent["reason"]
         record_decision(client, name, version, alias, reason)

@@ -135,13 +135,21 @@ class TrainingLog:
             self._grid(checkpoint_uri, step, ms)
 
     def _grid(self, checkpoint_uri: str, step: int, ms: int) -> None:
-        from gan_model.checkpoint import ema_generator
+        import tempfile
+        from pathlib import Path
+
+        from gan_model.checkpoint import CHECKPOINT_FILE, ema_generator
         from gan_model.images import make_grid
         from gan_model.sampling import generate, latents_for_seeds
-        from tasks.train import local_checkpoint
+        from tasks.storage import fetch_folder_once, is_s3
 
         ev = self.cfg.eval
-        g = ema_generator(local_checkpoint(checkpoint_uri, self.cfg.data))
+        if is_s3(checkpoint_uri):  # a temporary copy: the cache would keep every checkpoint of the run
+            with tempfile.TemporaryDirectory(prefix="ganflow-grid-") as tmp:
+                g = ema_generator(fetch_folder_once(checkpoint_uri, Path(tmp) / "ckpt", self.cfg.data,
+                                                    names=[CHECKPOINT_FILE]))
+        else:
+            g = ema_generator(checkpoint_uri)
         # The seeds of the evaluation's grid: the same images, step after step.
         grid = make_grid(generate(g, latents_for_seeds(range(ev.seed, ev.seed + ev.grid_size), g.z_dim)))
         self.client.log_image(self.run_id, grid[:, :, 0] if grid.shape[2] == 1 else grid, key=GRID_KEY,

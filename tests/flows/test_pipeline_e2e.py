@@ -58,6 +58,8 @@ def test_pipeline_registers_evaluates_promotes_and_is_idempotent(prefect_harness
     again = ganflow_pipeline(config=cfg)
     assert again["model_version"] == "1" and again["mlflow_run_id"] == first["mlflow_run_id"]
     assert len(client.search_model_versions(f"name='{name}'")) == 1
+    relogged = client.get_metric_history(first["mlflow_run_id"], "train/loss_d")
+    assert [(m.step, m.timestamp) for m in relogged] == [(m.step, m.timestamp) for m in history]  # continued
 
     # 3. A different training config: a new version, promoted only if its FID is better.
     longer = cfg.model_copy(deep=True)
@@ -89,6 +91,10 @@ def test_pipeline_registers_evaluates_promotes_and_is_idempotent(prefect_harness
     assert evaluated["recorded_fid"] == pytest.approx(first["fid"], rel=1e-6)
     assert evaluated["fid"] == pytest.approx(first["fid"], rel=1e-4)
     assert ref_cache[0].stat().st_mtime_ns == cached_at  # not recomputed
+    # ... and under another version's protocol (here the same one), side by side with its FID.
+    assert main(["evaluate", "--model", f"models:/{name}/1", "--protocol-of", f"models:/{name}/2", "--json"]) == 0
+    compared = json.loads(capsys.readouterr().out)["compared_with"]
+    assert compared == {"model_version": "2", "fid": pytest.approx(third["fid"])}
 
     # 6. Manual rollback, which a later run of the same flow does not undo.
     assert main(["promote", name, "1", "--alias", "champion"]) == 0

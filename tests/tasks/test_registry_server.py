@@ -233,18 +233,23 @@ def test_a_pipeline_run_through_the_server_leaks_no_secret(mlflow_server, s3, s3
     from mlflow import MlflowClient
 
     upload_images(s3, bucket, "digits/", digits(64, size=16))
+    # A champion evaluated under another protocol, which the run re-evaluates under its own.
+    register_fake(build_config({}, ["data.resolution=16", "model.z_dim=8", "registry.model_name=leak-test",
+                                    f"registry.tracking_uri={mlflow_server.url}"]), tmp_path / "fake", 50.0)
     host = mlflow_server.url.removeprefix("http://")
     proc = run_cli(
         "run", "--config", str(SMOKE_CONFIG), "--json", "--set", f"data.source=s3://{bucket}/digits/",
         "--set", f"data.endpoint_url={s3_server.url}", "--set", "data.embedded_server=never",
         "--set", "data.max_images=64", "--set", "registry.model_name=leak-test",
+        "--set", "registry.reevaluate_champion=true",
         env={"MLFLOW_TRACKING_URI": f"http://ganflow:{PASSWORD}@{host}", "AWS_ACCESS_KEY_ID": AWS_KEY_ID,
              "AWS_SECRET_ACCESS_KEY": AWS_SECRET, "PREFECT_HOME": str(tmp_path / "prefect"),
              "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"}, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
-    assert (result["model_name"], result["model_version"], result["alias"]) == ("leak-test", "1", "champion")
+    assert (result["model_name"], result["model_version"]) == ("leak-test", "2")
     assert result["tracking_uri"] == mlflow_server.url
+    assert "re-evaluated under this protocol" in result["decision"], result["decision"]
 
     # The run: opened before training, metrics as rank 0 reported them, a grid per checkpoint,
     # system metrics, the data set as an input, the ingest report, FID linked to the logged model.
@@ -260,10 +265,12 @@ def test_a_pipeline_run_through_the_server_leaks_no_secret(mlflow_server, s3, s3
     assert run.inputs.dataset_inputs[0].dataset.digest == result["dataset_version"]
     report = json.loads(Path(client.download_artifacts(run.info.run_id, "ingest/report.json", str(tmp_path))).read_text())
     assert report["n_images"] == 64 and report["skipped_files"] == []
-    version = client.get_model_version("leak-test", "1")
+    version = client.get_model_version("leak-test", "2")
     model = client.get_logged_model(version.tags["ganflow.model_id"])
     assert {m.key for m in model.metrics} >= {"fid", "kid"} and model.tags["ganflow.protocol_key"]
     assert version.tags["ganflow.dataset_version"] == result["dataset_version"]
+    key = version.tags["ganflow.protocol_key"]
+    assert f"ganflow.fid.{key}" in client.get_model_version("leak-test", "1").tags  # the re-evaluation, kept
     stored = [o["Key"] for o in s3.list_objects_v2(Bucket=mlflow_server.bucket)["Contents"]]
     assert any(k.endswith("generator.pt") for k in stored)  # the artifacts went to S3 via the server
 
