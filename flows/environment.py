@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from pathlib import Path
 from typing import Iterator
 
 from gan_model.config import DEMO_BUCKET, STATE_DIR, GanflowConfig
@@ -32,6 +33,24 @@ def set_local_defaults() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # Ray's driver-side log monitor prints worker warnings that users need not see.
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+
+
+def configured_prefect_api() -> tuple[str, str] | None:
+    """(API URL, where it was configured) when the user has a Prefect API: PREFECT_API_URL, or the
+    active profile of their profiles file (`prefect config set` / `prefect cloud login` write
+    there). Read without importing prefect, whose settings must see PREFECT_HOME first."""
+    if os.environ.get("PREFECT_API_URL"):
+        return os.environ["PREFECT_API_URL"], "PREFECT_API_URL"
+    home = Path(os.environ.get("PREFECT_HOME") or "~/.prefect").expanduser()
+    path = Path(os.environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml").expanduser()
+    try:
+        import tomllib
+        profiles = tomllib.loads(path.read_text())
+    except (OSError, ValueError, ImportError):  # no file, unreadable, or Python 3.10 without tomllib
+        return None
+    active = os.environ.get("PREFECT_PROFILE") or profiles.get("active")
+    url = profiles.get("profiles", {}).get(active, {}).get("PREFECT_API_URL") if active else None
+    return (url, f"profile {active!r} in {path}") if url else None
 
 
 def uses_embedded_s3(cfg: GanflowConfig) -> bool:
@@ -72,7 +91,7 @@ def mlflow_ui_command(tracking_uri: str) -> str:
 
 
 def prefect_ui_command() -> str:
-    api = os.environ.get("PREFECT_API_URL")
-    if api:
-        return f"open {api.removesuffix('/api')}"
+    configured = configured_prefect_api()
+    if configured:
+        return f"open {configured[0].removesuffix('/').removesuffix('/api')}"
     return f"PREFECT_HOME={os.environ.get('PREFECT_HOME', '~/.prefect')} prefect server start  # then open http://127.0.0.1:4200"

@@ -21,6 +21,9 @@ from tasks.types import DatasetVersion, EvalResult, Registration, TrainResult
 log = logging.getLogger("ganflow.register")
 
 PYFUNC_FILE = Path(__file__).with_name("pyfunc_generator.py")
+# The hash of the evaluation protocol as configured (before the weights are resolved): with the
+# data set version and the training run name it says "this run would compute nothing new".
+EVAL_CONFIG_TAG = "ganflow.eval_protocol_config"
 GAN_MODEL_DIR = Path(__file__).resolve().parent.parent / "gan_model"
 
 
@@ -36,7 +39,7 @@ def _log_run(client, run_id: str, cfg: GanflowConfig, dataset: DatasetVersion, t
     params = [Param(k, v[:6000]) for k, v in flat_params(cfg).items()]
     for i in range(0, len(params), 100):
         client.log_batch(run_id, params=params[i:i + 100])
-    history = load_checkpoint(local_checkpoint(trained.checkpoint_uri, cfg.data)).get("history", [])
+    history = trained.history or load_checkpoint(local_checkpoint(trained.checkpoint_uri, cfg.data)).get("history", [])
     metrics = [Metric(f"train/{k}", float(v), 0, int(m["step"])) for m in history for k, v in m.items()
                if k != "step"]
     metrics += [Metric(k, float(getattr(evaluation, k)), 0, trained.steps) for k in ("fid", "kid", "kid_std")]
@@ -120,7 +123,8 @@ def register_generator(cfg: GanflowConfig, dataset: DatasetVersion, trained: Tra
         run_id = runs[0].info.run_id
     else:
         tags = {"ganflow.checkpoint": trained.checkpoint_uri, "ganflow.dataset_version": dataset.version,
-                "ganflow.train_run": trained.run_name, "ganflow.protocol_key": evaluation.protocol["key"]}
+                "ganflow.train_run": trained.run_name, "ganflow.protocol_key": evaluation.protocol["key"],
+                EVAL_CONFIG_TAG: eval_config_key(cfg)}
         if flow_run_id:
             tags["prefect.flow_run_id"] = flow_run_id
         run_id = client.create_run(exp_id, run_name=trained.run_name, tags=tags).info.run_id
@@ -153,11 +157,52 @@ def register_generator(cfg: GanflowConfig, dataset: DatasetVersion, trained: Tra
         alias = CHAMPION if CHAMPION in aliases else CHALLENGER if CHALLENGER in aliases else ""
         log.info("%s v%s was decided before (%s): aliases left as they are", name, version, decided)
         return Registration(model_name=name, model_version=version, alias=alias, mlflow_run_id=run_id,
-                            reason=f"decided before: {decided}", tracking_uri=uri)
+                            reason=f"decided before: {decided}", tracking_uri=uri, experiment_id=exp_id,
+                            fid=evaluation.fid, kid=evaluation.kid)
     alias, reason = decide(client, name, version, evaluation, reg.promote)
     if alias:
         set_alias(client, name, version, alias)
     client.set_model_version_tag(name, version, DECISION_TAG, reason)
     log.info("registered %s v%s -> %s (%s)", name, version, alias or "no alias", reason)
     return Registration(model_name=name, model_version=version, alias=alias, mlflow_run_id=run_id,
-                        reason=reason, tracking_uri=uri)
+                        reason=reason, tracking_uri=uri, experiment_id=exp_id, fid=evaluation.fid, kid=evaluation.kid)
+
+
+def eval_config_key(cfg: GanflowConfig) -> str:
+    from gan_model.config import identity_hash
+    return identity_hash(cfg.eval.protocol())
+
+
+def register_exclusively(cfg: GanflowConfig, dataset: DatasetVersion, trained: TrainResult,
+                         evaluation: EvalResult, flow_run_id: str | None = None) -> Registration:
+    """register_generator, one flow run at a time per model name: the champion comparison and
+    the alias it sets are never interleaved with another run's."""
+    from tasks.locks import exclusive, limit_name
+
+    with exclusive(limit_name("register", cfg.registry.model_name)):
+        return register_generator(cfg, dataset, trained, evaluation, flow_run_id)
+
+
+def find_registered(cfg: GanflowConfig, dataset: DatasetVersion) -> Registration | None:
+    """The version registered for this data set version, training run and evaluation protocol
+    configuration, if any: a run with the same inputs would compute nothing new."""
+    from tasks.train import run_name
+
+    reg = cfg.registry
+    client, exp_id, uri = mlflow_client(reg)
+    runs = client.search_runs([exp_id], filter_string=(
+        f"tags.`ganflow.train_run` = '{_q(run_name(cfg, dataset))}' and "
+        f"tags.`{EVAL_CONFIG_TAG}` = '{eval_config_key(cfg)}' and tags.`ganflow.logged` = '1'"),
+        order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        return None
+    run_id = runs[0].info.run_id
+    versions = client.search_model_versions(f"name='{_q(reg.model_name)}' and run_id='{run_id}'")
+    if not versions:
+        return None
+    mv = client.get_model_version(reg.model_name, str(versions[0].version))
+    alias = CHAMPION if CHAMPION in mv.aliases else CHALLENGER if CHALLENGER in mv.aliases else ""
+    fid, kid = mv.tags.get("ganflow.fid"), mv.tags.get("ganflow.kid")
+    return Registration(model_name=reg.model_name, model_version=str(mv.version), alias=alias, mlflow_run_id=run_id,
+                        reason=f"unchanged since v{mv.version}: {mv.tags.get(DECISION_TAG, '')}", tracking_uri=uri,
+                        experiment_id=exp_id, fid=float(fid) if fid else None, kid=float(kid) if kid else None)

@@ -183,6 +183,16 @@ def _fit_watched(trainer, progress: _Progress):
     return outcome["result"]
 
 
+def train_exclusively(cfg: GanflowConfig, dataset: DatasetVersion) -> TrainResult | None:
+    """train_gan, never twice at once for one run name (data set version and recipe) across flow
+    runs: a second run waits for the first and then finds its checkpoint, or with
+    train.if_busy=skip returns None at once."""
+    from tasks.locks import exclusive, limit_name
+
+    with exclusive(limit_name("train", run_name(cfg, dataset)), wait=cfg.train.if_busy == "wait") as held:
+        return train_gan(cfg, dataset) if held else None
+
+
 def train_gan(cfg: GanflowConfig, dataset: DatasetVersion, *,
               before_step: Callable[[int], None] | None = None) -> TrainResult:
     """Train (or resume, or find finished) the run named after the data set and the recipe.
@@ -240,5 +250,7 @@ def train_gan(cfg: GanflowConfig, dataset: DatasetVersion, *,
         raise GanflowError("training finished without a checkpoint: check train.checkpoint_every")
     metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
     uri = f"s3://{result.checkpoint.path}" if filesystem is not None else result.checkpoint.path
-    return TrainResult(checkpoint_uri=uri, run_name=name,
-                       steps=int(metrics.get("step", tc.steps)), metrics=metrics)
+    from gan_model.checkpoint import load_checkpoint
+    history = load_checkpoint(local_checkpoint(uri, cfg.data)).get("history", [])  # every report, resumes included
+    return TrainResult(checkpoint_uri=uri, run_name=name, steps=int(metrics.get("step", tc.steps)),
+                       metrics=metrics, history=history)
