@@ -134,6 +134,21 @@ def cmd_serve(args) -> None:
     serve_pipeline(_config(args), args.cron, args.name, args.timezone, args.max_concurrent)
 
 
+def cmd_deploy(args) -> None:
+    from pathlib import Path
+
+    from flows.deploy import apply_process_deployment, write_deployments
+
+    out = write_deployments(_config(args), args.cron, Path(args.out), name=args.name, timezone=args.timezone,
+                            image=args.image)
+    if args.apply:
+        apply_process_deployment(out, args.name)
+    r = {"prefect_file": str(out), "deployments": [args.name, f"{args.name}-k8s"], "applied": [args.name] * args.apply}
+    _emit(args, r, f"wrote {out} (deployments {args.name} and {args.name}-k8s)"
+          + (f"; applied {args.name}: start a worker with `prefect worker start --pool ganflow-process`"
+             if args.apply else ""))
+
+
 def cmd_services(args) -> None:
     from infra.services import run_services
     try:
@@ -222,6 +237,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--name", default="ganflow-nightly")
     sp.add_argument("--max-concurrent", type=_positive, default=1, help="runs of this deployment at once")
     with_config(sp); sp.set_defaults(fn=cmd_serve)
+
+    sp = sub.add_parser("deploy", help="write (and apply) prefect.yaml deployments for Prefect workers")
+    sp.add_argument("--cron", required=True, help='e.g. "0 3 * * *"')
+    sp.add_argument("--timezone", default="UTC", help="IANA time zone of the cron schedule")
+    sp.add_argument("--name", default="ganflow-nightly")
+    sp.add_argument("--out", default="prefect.yaml", help="where to write the deployment file")
+    sp.add_argument("--image", help="the ganflow image for the Kubernetes pool (default ganflow:VERSION)")
+    sp.add_argument("--apply", action="store_true", help="register the process-pool deployment now")
+    with_config(sp); with_json(sp); sp.set_defaults(fn=cmd_deploy)
 
     sp = sub.add_parser("services", help="local S3 server, MLflow UI and Prefect UI for development")
     sp.add_argument("--s3-port", type=int, default=9000)

@@ -3,6 +3,8 @@ start it (once, or on a schedule) that the CLI and users call."""
 
 from __future__ import annotations
 
+import logging
+
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
@@ -25,6 +27,10 @@ def ganflow_pipeline(config: GanflowConfig | None = None, force: bool = False) -
     when an earlier run already did for this data set version, recipe and protocol."""
     cfg = config or GanflowConfig()
     run_id = str(flow_run.id) if flow_run.id else None
+    # ganflow's loggers reach the run's logs (PREFECT_LOGGING_EXTRA_LOGGERS) at INFO, also in a
+    # flow-run process that Prefect started, where nothing else configured them.
+    if logging.getLogger("ganflow").level == logging.NOTSET:
+        logging.getLogger("ganflow").setLevel(logging.INFO)
     with ray_session():  # a local Ray instance started by a step ends with the run
         dataset = steps.ingest.with_options(timeout_seconds=cfg.data.timeout_s)(cfg)
         report.name_flow_run(dataset)
@@ -85,6 +91,11 @@ def run_pipeline(cfg: GanflowConfig, force: bool = False) -> dict:
     from tasks.ingest import check_source
     from tasks.registry import mlflow_client
 
+    from flows.environment import configured_prefect_api
+
+    api = configured_prefect_api()
+    logging.getLogger("ganflow").info("Prefect API: %s", f"{api[0]} (from {api[1]})" if api else
+                                      "a temporary local server (no PREFECT_API_URL in the environment or profile)")
     with data_source(cfg) as cfg:
         check_source(cfg.data)
         mlflow_client(cfg.registry)

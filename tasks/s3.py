@@ -81,12 +81,15 @@ def s3_errors(what: str, uri: str, endpoint_url: str | None) -> Iterator[None]:
             raise GanflowError(f"bucket of {uri} does not exist at {where}: create it or fix data.source") from None
         if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"):
             raise GanflowError(f"S3 rejected the credentials ({code}) at {where}: check AWS_ACCESS_KEY_ID / "
-                                f"AWS_SECRET_ACCESS_KEY or AWS_PROFILE") from None
+                               f"AWS_SECRET_ACCESS_KEY or AWS_PROFILE") from None
         if code == "PreconditionFailed":
             raise GanflowError(f"{uri} changed while it was being ingested: run the ingest again") from None
         if code in ("AccessDenied", "AllAccessDisabled") or status == 403:
             raise GanflowError(f"access denied to {uri} at {where}: grant s3:ListBucket and s3:GetObject "
                                 f"to these credentials") from None
+        if code in TRANSIENT_CODES or (status or 0) >= 500:
+            raise TransientError(f"S3 {what} of {uri} failed at {where} after retries ({code or status}): "
+                                 f"the store is busy or failing; the step is retried") from None
         raise GanflowError(f"S3 {what} of {uri} failed at {where}: {code or status} "
                             f"{err.response.get('Error', {}).get('Message', '')}".rstrip()) from None
     except (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError) as err:
