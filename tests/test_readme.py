@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-
 from tests.helpers import ROOT, SMOKE_CONFIG
 
 README = (ROOT / "README.md").read_text()
