@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 CONFIG ?= configs/quickstart.yaml
 PYTEST_ARGS ?=
 
-.PHONY: run test test-fast bench services clean
+.PHONY: run test test-fast bench services ui-screenshot clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ bench: $(VENV)/.installed
 
 services: $(VENV)/.installed
 	$(VENV)/bin/ganflow services
+
+# What an operator sees in the Prefect UI after a run (needs Debian's chromium package).
+ui-screenshot: $(VENV)/.installed
+	$(PY) -m infra.ui_screenshot --out docs
 
 clean:
 	rm -rf .ganflow

@@ -61,18 +61,20 @@ def cmd_run(args) -> None:
         print("ganflow: resolved configuration:\n  " + to_yaml(cfg).rstrip().replace("\n", "\n  "), file=sys.stderr)
         _quiet_user_error_tracebacks()
         from flows.pipeline import run_pipeline
-        s = run_pipeline(cfg)
-    alias = f" -> @{s['alias']}" if s["alias"] else ""
-    fid_note = "" if s["fid_comparable"] else "  [not comparable with published FIDs]"
-    _emit(args, s, "\n".join([
-        "ganflow run complete",
-        f"  data set    {s['dataset_version']} ({s['n_images']} images, {s['n_skipped']} skipped)",
-        f"  FID         {s['fid']:.4g}   KID {s['kid']:.4g} +- {s['kid_std']:.2g}{fid_note}",
-        f"  model       {s['model_name']} v{s['model_version']}{alias} ({s['decision']})",
-        f"  samples     {s['sample_grid']}",
-        f"  MLflow UI   {s['mlflow_ui']}",
-        f"  Prefect UI  {s['prefect_ui']}",
-    ]))
+        s = run_pipeline(cfg, force=args.force)
+    alias = f" -> @{s['alias']}" if s.get("alias") else ""
+    fid_note = "" if s.get("fid_comparable", True) else "  [not comparable with published FIDs]"
+    lines = [f"ganflow run {'skipped: ' + s['skip_reason'] if s['skipped'] else 'complete'}",
+             f"  data set    {s['dataset_version']} ({s['n_images']} images, {s['n_skipped']} skipped)"]
+    if s.get("fid") is not None:
+        kid_std = f" +- {s['kid_std']:.2g}" if s.get("kid_std") is not None else ""
+        lines.append(f"  FID         {s['fid']:.4g}   KID {s['kid']:.4g}{kid_std}{fid_note}")
+    if s.get("model_version"):
+        lines.append(f"  model       {s['model_name']} v{s['model_version']}{alias} ({s['decision']})")
+    if s.get("sample_grid"):
+        lines.append(f"  samples     {s['sample_grid']}")
+    lines += [f"  MLflow UI   {s['mlflow_ui']}", f"  Prefect UI  {s['prefect_ui']}"]
+    _emit(args, s, "\n".join(lines))
 
 
 def cmd_ingest(args) -> None:
@@ -153,8 +155,24 @@ def cmd_serve(args) -> None:
     from flows.pipeline import serve_pipeline
 
     _quiet_user_error_tracebacks()
-    print(f"serving deployment {args.name!r} on cron {args.cron!r}; Ctrl-C stops it", file=sys.stderr)
-    serve_pipeline(_config(args), args.cron, args.name)
+    print(f"serving deployment {args.name!r} on cron {args.cron!r} ({args.timezone}); Ctrl-C stops it",
+          file=sys.stderr)
+    serve_pipeline(_config(args), args.cron, args.name, args.timezone, args.max_concurrent)
+
+
+def cmd_deploy(args) -> None:
+    from pathlib import Path
+
+    from flows.deploy import apply_process_deployment, write_deployments
+
+    out = write_deployments(_config(args), args.cron, Path(args.out), name=args.name, timezone=args.timezone,
+                            image=args.image)
+    if args.apply:
+        apply_process_deployment(out, args.name)
+    r = {"prefect_file": str(out), "deployments": [args.name, f"{args.name}-k8s"], "applied": [args.name] * args.apply}
+    _emit(args, r, f"wrote {out} (deployments {args.name} and {args.name}-k8s)"
+          + (f"; applied {args.name}: start a worker with `prefect worker start --pool ganflow-process`"
+             if args.apply else ""))
 
 
 def cmd_services(args) -> None:
@@ -214,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
 
     sp = sub.add_parser("run", help="the whole pipeline once")
+    sp.add_argument("--force", action="store_true",
+                    help="train and register even when this data set version, recipe and protocol already were")
     with_config(sp); with_json(sp); sp.set_defaults(fn=cmd_run)
 
     sp = sub.add_parser("ingest", help="step 1 alone: S3 prefix -> versioned data set")
@@ -265,8 +285,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("serve", help="schedule the pipeline on a Prefect server")
     sp.add_argument("--cron", required=True, help='e.g. "0 3 * * *"')
+    sp.add_argument("--timezone", default="UTC", help="IANA time zone of the cron schedule, e.g. Europe/Berlin")
     sp.add_argument("--name", default="ganflow-nightly")
+    sp.add_argument("--max-concurrent", type=_positive, default=1, help="runs of this deployment at once")
     with_config(sp); sp.set_defaults(fn=cmd_serve)
+
+    sp = sub.add_parser("deploy", help="write (and apply) prefect.yaml deployments for Prefect workers")
+    sp.add_argument("--cron", required=True, help='e.g. "0 3 * * *"')
+    sp.add_argument("--timezone", default="UTC", help="IANA time zone of the cron schedule")
+    sp.add_argument("--name", default="ganflow-nightly")
+    sp.add_argument("--out", default="prefect.yaml", help="where to write the deployment file")
+    sp.add_argument("--image", help="the ganflow image for the Kubernetes pool (default ganflow:VERSION)")
+    sp.add_argument("--apply", action="store_true", help="register the process-pool deployment now")
+    with_config(sp); with_json(sp); sp.set_defaults(fn=cmd_deploy)
 
     sp = sub.add_parser("services", help="local S3 server, MLflow UI and Prefect UI for development")
     sp.add_argument("--s3-port", type=int, default=9000)

@@ -13,23 +13,26 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from pathlib import Path
 from typing import Iterator
 
 from gan_model.config import DEMO_BUCKET, STATE_DIR, GanflowConfig, strip_userinfo
 
+# Prefect's ephemeral API server gets 20 s to start by default; its first start on a fresh
+# PREFECT_HOME migrates the database, which took 16-31 s on a 2-core machine with both CPUs
+# busy (about 10 s idle), so a new user's first run failed at random.
 EPHEMERAL_STARTUP_TIMEOUT_S = 180
 log = logging.getLogger("ganflow")
 
 
 def set_local_defaults() -> None:
     """Call before importing prefect, ray or mlflow."""
-    if not os.environ.get("PREFECT_API_URL"):
+    if configured_prefect_api() is None:  # else the user's own Prefect: leave its home alone
         if not os.environ.get("PREFECT_HOME"):
             os.environ["PREFECT_HOME"] = str((STATE_DIR / "prefect").resolve())
-        # Prefect's ephemeral API server gets 20 s to start by default; its first start on a
-        # fresh PREFECT_HOME migrates the database, which took 16-31 s on a 2-core machine with
-        # both CPUs busy (about 10 s idle), so a new user's first run failed at random.
         os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(EPHEMERAL_STARTUP_TIMEOUT_S))
+    # ganflow's own log lines (data set counts, warnings, decisions) go to the run's logs in the UI.
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "ganflow")
     # This machine may be offline: no usage-statistics calls home.
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -38,6 +41,25 @@ def set_local_defaults() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # Ray's driver-side log monitor prints worker warnings that users need not see.
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+
+
+def configured_prefect_api() -> tuple[str, str] | None:
+    """(API URL, where it was configured) when the user has a Prefect API: PREFECT_API_URL, or the
+    active profile of their profiles file (`prefect config set` / `prefect cloud login` write
+    there). Read without importing prefect, whose settings must see PREFECT_HOME first."""
+    # The URL is for showing: without credentials (Prefect itself reads the original).
+    if os.environ.get("PREFECT_API_URL"):
+        return strip_userinfo(os.environ["PREFECT_API_URL"]), "PREFECT_API_URL"
+    home = Path(os.environ.get("PREFECT_HOME") or "~/.prefect").expanduser()
+    path = Path(os.environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml").expanduser()
+    try:
+        import tomllib
+        profiles = tomllib.loads(path.read_text())
+    except (OSError, ValueError, ImportError):  # no file, unreadable, or Python 3.10 without tomllib
+        return None
+    active = os.environ.get("PREFECT_PROFILE") or profiles.get("active")
+    url = profiles.get("profiles", {}).get(active, {}).get("PREFECT_API_URL") if active else None
+    return (strip_userinfo(url), f"profile {active!r} in {path}") if url else None
 
 
 def uses_embedded_s3(cfg: GanflowConfig) -> bool:
@@ -79,7 +101,7 @@ def mlflow_ui_command(tracking_uri: str) -> str:
 
 
 def prefect_ui_command() -> str:
-    api = os.environ.get("PREFECT_API_URL")
-    if api:
-        return f"open {strip_userinfo(api).removesuffix('/api')}"
+    configured = configured_prefect_api()
+    if configured:
+        return f"open {configured[0].removesuffix('/').removesuffix('/api')}"
     return f"PREFECT_HOME={os.environ.get('PREFECT_HOME', '~/.prefect')} prefect server start  # then open http://127.0.0.1:4200"

@@ -100,6 +100,7 @@ class DataConfig(Preprocessing):
     decode_processes: int | None = Field(
         None, ge=0, description="processes that decode and resize; None = one per CPU (max 8) when objects average "
         "64 KB or more, else in the download threads; 0 = always in the download threads")
+    timeout_s: float = Field(3600, gt=0, description="the ingest step's time limit per attempt (Prefect task timeout)")
 
     @field_validator("source")
     @classmethod
@@ -163,6 +164,11 @@ class TrainConfig(TrainRecipe):
     storage_path: str = Field(str(STATE_DIR / "ray_results"), description="Ray Train checkpoints: a local (or shared) "
                               "path, or an s3:// prefix on data.endpoint_url for clusters without a shared disk")
     threads_per_worker: int | None = Field(None, gt=0, description="torch threads per CPU worker; None = CPUs per worker")
+    timeout_s: float = Field(24 * 3600, gt=0, description="the train step's time limit per attempt (a hung collective "
+                             "or an unsatisfiable resource request fails instead of waiting forever)")
+    if_busy: Literal["wait", "skip"] = Field(
+        "wait", description="when another flow run is training the same data set and recipe: wait for it "
+        "(then reuse its checkpoint), or skip this run")
 
     def recipe(self) -> TrainRecipe:
         return self.part(TrainRecipe)
@@ -189,6 +195,7 @@ class EvalConfig(EvalProtocol):
     output_dir: str = Field(str(STATE_DIR / "eval"), description="sample grids and exported generators")
     num_workers: int | None = Field(None, gt=0, description="Ray workers that generate and extract features "
                                     "(each its share, merged exactly); None = train.num_workers, 1 = on the driver")
+    timeout_s: float = Field(3 * 3600, gt=0, description="the evaluate step's time limit per attempt")
 
     def protocol(self) -> EvalProtocol:
         return self.part(EvalProtocol)
@@ -205,6 +212,9 @@ class RegistryConfig(_Section):
     reevaluate_champion: bool = Field(
         False, description="when the champion was evaluated under another protocol (new data set version, "
         "weights or sample counts), evaluate it under this run's protocol before deciding")
+    skip_unchanged: bool = Field(True, description="end a run early (Completed) when its data set version, recipe "
+                                 "and protocol already produced a registered version; `ganflow run --force` overrides")
+    timeout_s: float = Field(600, gt=0, description="the register step's time limit per attempt")
 
 
 class GanflowConfig(_Section):

@@ -28,6 +28,9 @@ from tasks.types import DatasetVersion, EvalResult, Registration, TrainResult
 log = logging.getLogger("ganflow.register")
 
 PYFUNC_FILE = Path(__file__).with_name("pyfunc_generator.py")
+# The hash of the evaluation protocol as configured (before the weights are resolved): with the
+# data set version and the training run name it says "this run would compute nothing new".
+EVAL_CONFIG_TAG = "ganflow.eval_protocol_config"
 GAN_MODEL_DIR = Path(__file__).resolve().parent.parent / "gan_model"
 MODEL_NAME = "generator"  # the LoggedModel's name in the run
 # What the served pyfunc imports (mlflow brings pandas). Versions come from the ganflow
@@ -217,7 +220,8 @@ def register_generator(cfg: GanflowConfig, dataset: DatasetVersion, trained: Tra
             "ganflow.protocol_key": key, "ganflow.fid_comparable": str(evaluation.comparable).lower(),
             "ganflow.fid_weights": p["weights"], "ganflow.weights_sha256": p["weights_sha256"],
             "ganflow.n_generated": p["n_generated"], "ganflow.n_reference": p["n_reference"],
-            "ganflow.dataset_version": dataset.version, "ganflow.run_id": run_id, "ganflow.model_id": model_id})
+            "ganflow.dataset_version": dataset.version, "ganflow.run_id": run_id, "ganflow.model_id": model_id,
+            EVAL_CONFIG_TAG: eval_config_key(cfg)})
         version = str(mv.version)
 
     # 3. The decision: once per version. A decision written but not applied (a failure between
@@ -241,4 +245,46 @@ def register_generator(cfg: GanflowConfig, dataset: DatasetVersion, trained: Tra
         log.info("registered %s v%s -> %s (%s)", name, version, alias or "no alias", reason)
     client.set_terminated(run_id, "FINISHED")
     return Registration(model_name=name, model_version=version, alias=alias, mlflow_run_id=run_id,
-                        reason=reason, tracking_uri=uri)
+                        reason=reason, tracking_uri=uri, experiment_id=exp_id, fid=evaluation.fid, kid=evaluation.kid)
+
+
+def eval_config_key(cfg: GanflowConfig) -> str:
+    from gan_model.config import identity_hash
+    return identity_hash(cfg.eval.protocol())
+
+
+def register_exclusively(cfg: GanflowConfig, dataset: DatasetVersion, trained: TrainResult,
+                         evaluation: EvalResult, run_id: str | None = None) -> Registration:
+    """register_generator, one flow run at a time per model name: the champion comparison and
+    the alias it sets are never interleaved with another run's."""
+    from tasks.locks import exclusive, limit_name
+
+    with exclusive(limit_name("register", cfg.registry.model_name)):
+        return register_generator(cfg, dataset, trained, evaluation, run_id)
+
+
+def find_registered(cfg: GanflowConfig, dataset: DatasetVersion) -> Registration | None:
+    """The version registered (and decided) for this data set version, training run and evaluation
+    protocol configuration, if any: a run with the same inputs would compute nothing new."""
+    from tasks.train import run_name
+    from tasks.tracking import RUN_KEY_TAG
+
+    reg = cfg.registry
+    client, exp_id, uri = mlflow_client(reg)
+    runs = client.search_runs([exp_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{_q(run_name(cfg, dataset))}'",
+                              order_by=["attributes.start_time DESC"])
+    key = eval_config_key(cfg)
+    for run in runs:
+        run_id = run.info.run_id
+        versions = [v for v in client.search_model_versions(f"name='{_q(reg.model_name)}' and run_id='{run_id}'")
+                    if v.tags.get(EVAL_CONFIG_TAG) == key and DECISION_TAG in v.tags]
+        if not versions:
+            continue
+        mv = client.get_model_version(reg.model_name, str(min(int(v.version) for v in versions)))
+        alias = CHAMPION if CHAMPION in mv.aliases else CHALLENGER if CHALLENGER in mv.aliases else ""
+        fid, kid = mv.tags.get("ganflow.fid"), mv.tags.get("ganflow.kid")
+        return Registration(model_name=reg.model_name, model_version=str(mv.version), alias=alias,
+                            mlflow_run_id=run_id, reason=f"unchanged since v{mv.version}: {mv.tags.get(DECISION_TAG, '')}",
+                            tracking_uri=uri, experiment_id=exp_id, fid=float(fid) if fid else None,
+                            kid=float(kid) if kid else None)
+    return None

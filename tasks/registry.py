@@ -22,7 +22,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from gan_model.config import STATE_DIR, RegistryConfig, strip_userinfo
-from gan_model.errors import GanflowError, UsageError
+from gan_model.errors import GanflowError, TransientError, UsageError
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 DECISION_TAG = "ganflow.decision"
@@ -71,8 +71,8 @@ def mlflow_client(reg: RegistryConfig):
     client = MlflowClient(uri, uri)
     try:
         exp = client.get_experiment_by_name(reg.experiment)
-    except Exception as err:  # unreachable server, bad URI, auth...
-        raise GanflowError(f"cannot reach the MLflow tracking server at {uri} ({type(err).__name__}): "
+    except Exception as err:  # unreachable server, bad URI, auth... (a retry may find it back up)
+        raise TransientError(f"cannot reach the MLflow tracking server at {uri} ({type(err).__name__}): "
                            f"check MLFLOW_TRACKING_URI or registry.tracking_uri") from None
     if exp is None:
         location = None

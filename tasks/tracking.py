@@ -164,7 +164,8 @@ class TrainingLog:
         from gan_model.checkpoint import load_checkpoint
         from tasks.train import local_checkpoint
 
-        history = load_checkpoint(local_checkpoint(trained.checkpoint_uri, self.cfg.data)).get("history", [])
+        history = trained.history or load_checkpoint(local_checkpoint(trained.checkpoint_uri, self.cfg.data)).get(
+            "history", [])
         ms = int(1000 * time.time())
         missing = [Metric(f"train/{k}", float(v), ms, int(m["step"])) for m in history
                    if int(m["step"]) > self.logged_up_to for k, v in m.items() if k != "step"]

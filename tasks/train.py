@@ -198,6 +198,19 @@ def _fit_watched(trainer, progress: _Progress):
     return outcome["result"]
 
 
+def train_exclusively(cfg: GanflowConfig, dataset: DatasetVersion,
+                      mlflow_run_id: str | None = None) -> TrainResult | None:
+    """train_gan, never twice at once for one run name (data set version and recipe) across flow
+    runs: a second run waits for the first and then finds its checkpoint, or with
+    train.if_busy=skip returns None at once. Once it holds the run, training logs into MLflow run
+    `mlflow_run_id` (tasks.tracking.train_tracked)."""
+    from tasks.locks import exclusive, limit_name
+    from tasks.tracking import train_tracked
+
+    with exclusive(limit_name("train", run_name(cfg, dataset)), wait=cfg.train.if_busy == "wait") as held:
+        return train_tracked(cfg, dataset, mlflow_run_id) if held else None
+
+
 def train_gan(cfg: GanflowConfig, dataset: DatasetVersion, *,
               before_step: Callable[[int], None] | None = None,
               on_report: Callable[[dict, str | None], None] | None = None) -> TrainResult:
@@ -258,5 +271,7 @@ def train_gan(cfg: GanflowConfig, dataset: DatasetVersion, *,
     metrics = {k: float(v) for k, v in (result.metrics or {}).items()
                if isinstance(v, (int, float)) and k != "timestamp"}
     uri = f"s3://{result.checkpoint.path}" if filesystem is not None else result.checkpoint.path
-    return TrainResult(checkpoint_uri=uri, run_name=name,
-                       steps=int(metrics.get("step", tc.steps)), metrics=metrics)
+    from gan_model.checkpoint import load_checkpoint
+    history = load_checkpoint(local_checkpoint(uri, cfg.data)).get("history", [])  # every report, resumes included
+    return TrainResult(checkpoint_uri=uri, run_name=name, steps=int(metrics.get("step", tc.steps)),
+                       metrics=metrics, history=history)

@@ -26,6 +26,7 @@ class TrainResult(BaseModel):
     run_name: str
     steps: int
     metrics: dict[str, float] = {}
+    history: list[dict[str, float]] = []   # every metrics report (a few per checkpoint), for tables
 
 
 class EvalResult(BaseModel):
@@ -48,3 +49,6 @@ class Registration(BaseModel):
     mlflow_run_id: str
     reason: str
     tracking_uri: str
+    experiment_id: str = ""
+    fid: float | None = None         # as recorded on the version
+    kid: float | None = None
