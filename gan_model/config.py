@@ -56,7 +56,11 @@ class Preprocessing(_Section):
     resolution: int = Field(32, description="output side length in pixels (power of two, 16..256)")
     channels: Literal[1, 3] = Field(1, description="1 = grayscale, 3 = RGB; inputs are converted")
     small_images: Literal["upscale", "skip"] = Field("upscale", description="policy for images smaller than the resolution")
-    max_pixels: int = Field(64_000_000, gt=0, description="decompression-bomb limit per image")
+    max_pixels: int = Field(16_000_000, gt=0, description="images with more pixels (from the header) are skipped "
+                            "undecoded; also bounds decoding memory")
+    # Part of the version: it decides which objects are in the data set, not how they are decoded.
+    max_object_bytes: int = Field(64 << 20, gt=0, description="larger objects are skipped without being "
+                                  "downloaded (size from the listing)")
     max_images: int | None = Field(None, gt=0, description="use at most this many objects (by key order)")
 
     @field_validator("resolution")
@@ -84,6 +88,15 @@ class DataConfig(Preprocessing):
     decode_processes: int | None = Field(
         None, ge=0, description="processes that decode and resize; None = one per CPU (max 8) when objects average "
         "64 KB or more, else in the download threads; 0 = always in the download threads")
+
+    @model_validator(mode="after")
+    def _output_outside_source(self) -> "DataConfig":
+        # Everything under the source prefix is read as untrusted images; shards written there
+        # would be listed (and skipped) as objects of the next version.
+        if self.processed_uri.startswith(self.source):
+            raise ValueError(f"data.processed_uri ({self.processed_uri}) must not be under data.source: "
+                             f"use another bucket or prefix that only ganflow writes")
+        return self
 
     @field_validator("source")
     @classmethod
@@ -147,6 +160,7 @@ class TrainConfig(TrainRecipe):
     storage_path: str = Field(str(STATE_DIR / "ray_results"), description="Ray Train checkpoints: a local (or shared) "
                               "path, or an s3:// prefix on data.endpoint_url for clusters without a shared disk")
     threads_per_worker: int | None = Field(None, gt=0, description="torch threads per CPU worker; None = CPUs per worker")
+    dashboard: bool = Field(False, description="start the Ray dashboard (on 127.0.0.1) with the local Ray instance")
 
     def recipe(self) -> TrainRecipe:
         return self.part(TrainRecipe)
@@ -171,6 +185,9 @@ class EvalConfig(EvalProtocol):
     batch_size: int = Field(32, gt=0, description="Inception batch size")
     grid_size: int = Field(64, gt=0, description="images in the logged sample grid")
     output_dir: str = Field(str(STATE_DIR / "eval"), description="sample grids and exported generators")
+    fid_weights_sha256: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$", description="sha256 a weights file given by path or s3:// must have; "
+        "None = the standard 2015-12-05 file's")
     num_workers: int | None = Field(None, gt=0, description="Ray workers that generate and extract features "
                                     "(each its share, merged exactly); None = train.num_workers, 1 = on the driver")
 

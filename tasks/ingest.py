@@ -54,7 +54,8 @@ def list_manifest(client, bucket: str, prefix: str, max_images: int | None = Non
 def dataset_version(manifest: list[tuple[str, str, int]], cfg: DataConfig) -> str:
     # Every preprocessing setting is in the version: the whole sub-model, not a list of names.
     settings = cfg.preprocessing().model_dump(mode="json")
-    h = hashlib.sha256(json.dumps({"format": 1, "settings": settings}, sort_keys=True).encode())
+    # format 2: decoder allowlist, JPEG draft and early reduce change some decoded pixels.
+    h = hashlib.sha256(json.dumps({"format": 2, "settings": settings}, sort_keys=True).encode())
     for key, etag, size in sorted(manifest):
         h.update(json.dumps([key, etag, size]).encode())
     return h.hexdigest()[:16]
