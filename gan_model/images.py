@@ -28,9 +28,9 @@ ALLOWED_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")
 # indistinguishable from a direct resize (Image.resize's reducing_gap; thumbnail uses 2 for draft).
 REDUCING_GAP = 3
 DRAFT_GAP = 2
-# Modes whose pixels may be averaged (palette indices, bilevel and alpha-bearing modes may not:
-# averaging colours under transparent pixels would bleed them into the visible ones).
-_REDUCIBLE = {"L", "RGB", "CMYK", "YCbCr", "I", "F"}
+# Modes whose pixels may be averaged: not palette indices or bilevel, and alpha only premultiplied
+# (averaging colours under transparent pixels would bleed them into the visible ones).
+_REDUCIBLE = {"L", "RGB", "CMYK", "YCbCr", "I", "F", "RGBa", "La"}
 
 
 class InvalidImage(ValueError):
@@ -86,18 +86,12 @@ def decoded_pixels(data: bytes, *, resolution: int, max_pixels: int) -> int:
 
 
 def _to_mode(img: Image.Image, channels: int) -> Image.Image:
-    # Palette and transparency: composite over black so transparent pixels
-    # do not show whatever colour the palette happened to store.
-    if img.mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    if img.mode in ("RGBA", "LA", "PA"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        img = Image.alpha_composite(background, rgba).convert("RGB")
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        # 16-bit and float greyscale: scale the full range to 8 bits.
+    if img.mode in ("RGBa", "La"):  # from _load: premultiplied colour is the image over black
+        img = Image.merge(img.mode[:-1], img.split()[:-1])
+    if img.mode in ("I", "F"):
+        # 32-bit and float greyscale: values beyond 8 bits are taken as a 16-bit range.
         arr = np.asarray(img, dtype=np.float64)
-        hi = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        hi = 65535.0 if arr.max() > 255 else 255.0
         img = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
     target = "L" if channels == 1 else "RGB"
     return img if img.mode == target else img.convert(target)  # CMYK, YCbCr, 1-bit...
@@ -111,6 +105,17 @@ def _load(data: bytes, max_pixels: int, resolution: int | None = None) -> tuple[
         img.seek(0)  # animated GIF/PNG/WebP: the first frame
         img.load()
         ImageOps.exif_transpose(img, in_place=True)  # phone photos store rotation in EXIF
+        # Palette and transparency: transparent pixels become black, whatever colour the palette
+        # stored. Premultiplied alpha is exactly "composited over black" (with alpha still there),
+        # and averaging premultiplied pixels is correct, so the reduce below may follow.
+        if img.mode == "P":
+            img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        if img.mode.startswith("I;16"):  # 16-bit range to 8-bit, as 32-bit ints the reduce can average
+            img = img.convert("I").point(lambda v: v * (255 / 65535) + 0.5)
+        if img.mode == "PA":
+            img = img.convert("RGBA")
+        if img.mode in ("RGBA", "LA"):
+            img = img.convert(img.mode[:-1] + "a")  # RGBa, La
     except Image.DecompressionBombError as err:
         raise InvalidImage(f"decompression bomb ({err})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as err:
