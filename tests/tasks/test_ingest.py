@@ -103,6 +103,22 @@ def test_processed_data_can_live_in_s3(s3, s3_server, bucket, tmp_path):
     local = materialize(ds.uri, cfg)
     assert len(ShardedImages(local)) == 30 and materialize(ds.uri, cfg) == local
 
+    # Another machine (a fresh cache) refuses a tampered shard, and a poisoned index before any
+    # download; nothing of either is kept.
+    from gan_model.shards import InvalidDataset
+    other = cfg.model_copy(update={"cache_dir": str(tmp_path / "other-cache")})
+    key = f"processed/{ds.version}/shard-00001.npy"
+    shard = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    s3.put_object(Bucket=bucket, Key=key, Body=shard[:-1] + bytes([shard[-1] ^ 1]))
+    with pytest.raises(InvalidDataset, match="shard sha256 does not match the index"):
+        materialize(ds.uri, other)
+    index = json.loads(s3.get_object(Bucket=bucket, Key=f"processed/{ds.version}/index.json")["Body"].read())
+    index["shards"][0]["file"] = "../../../../escape.npy"
+    s3.put_object(Bucket=bucket, Key=f"processed/{ds.version}/index.json", Body=json.dumps(index).encode())
+    with pytest.raises(InvalidDataset, match="invalid index field shards.0.file"):
+        materialize(ds.uri, other)
+    assert not [p for p in (tmp_path / "other-cache").rglob("*") if p.is_file()]
+
 
 def test_a_killed_ingest_leaves_no_partial_version_and_a_rerun_completes(s3, s3_server, bucket, tmp_path):
     import os
