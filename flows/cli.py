@@ -132,7 +132,7 @@ def cmd_serve(args) -> None:
 
 
 def cmd_services(args) -> None:
-    from flows.services import run_services
+    from infra.services import run_services
     try:
         run_services(s3_port=args.s3_port, mlflow_port=args.mlflow_port, prefect_port=args.prefect_port)
     except RuntimeError as err:  # e.g. the port is taken

@@ -17,13 +17,19 @@ from typing import Iterator
 
 from gan_model.config import DEMO_BUCKET, STATE_DIR, GanflowConfig
 
+EPHEMERAL_STARTUP_TIMEOUT_S = 180
 log = logging.getLogger("ganflow")
 
 
 def set_local_defaults() -> None:
     """Call before importing prefect, ray or mlflow."""
-    if not os.environ.get("PREFECT_API_URL") and not os.environ.get("PREFECT_HOME"):
-        os.environ["PREFECT_HOME"] = str((STATE_DIR / "prefect").resolve())
+    if not os.environ.get("PREFECT_API_URL"):
+        if not os.environ.get("PREFECT_HOME"):
+            os.environ["PREFECT_HOME"] = str((STATE_DIR / "prefect").resolve())
+        # Prefect's ephemeral API server gets 20 s to start by default; its first start on a
+        # fresh PREFECT_HOME migrates the database, which took 16-31 s on a 2-core machine with
+        # both CPUs busy (about 10 s idle), so a new user's first run failed at random.
+        os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(EPHEMERAL_STARTUP_TIMEOUT_S))
     # This machine may be offline: no usage-statistics calls home.
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

@@ -9,80 +9,31 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from typing import Iterator
+
+from infra.process import LocalService, free_port
+
+__all__ = ["LOCAL_CREDENTIALS", "LocalS3Server", "aws_configured", "free_port", "local_credentials"]
 
 # Placeholder credentials for the local server only (it accepts any).
 LOCAL_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "ganflow-local", "AWS_SECRET_ACCESS_KEY": "ganflow-local",
                      "AWS_DEFAULT_REGION": "us-east-1"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class LocalS3Server(LocalService):
+    name = "local S3 server"
+    start_timeout = 30.0
 
-
-class LocalS3Server:
     def __init__(self, port: int | None = None, log_path: str | None = None, authenticate: bool = False,
                  unauthenticated_actions: int = 0):
-        self.port = port or free_port()
+        port = port or free_port()
         # With authentication on, the server checks access keys and IAM policies like a real
         # store; the first `unauthenticated_actions` calls are let through (to create IAM users).
         self.authenticate, self.free_actions = authenticate, unauthenticated_actions
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self._proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 30.0) -> "LocalS3Server":
-        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        try:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                env=dict(os.environ, **({"INITIAL_NO_AUTH_ACTION_COUNT": str(self.free_actions)} if self.authenticate else {})))
-        finally:
-            if log is not subprocess.DEVNULL:
-                log.close()  # the child has its own copy
-        try:
-            self._wait_ready(timeout)
-        except BaseException:  # also Ctrl-C during start-up: never leave the server behind
-            self.stop()
-            raise
-        return self
-
-    def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"the local S3 server exited with code {self._proc.returncode} on start")
-            try:
-                urllib.request.urlopen(self.url + "/moto-api/", timeout=1).close()
-                return
-            except (urllib.error.URLError, ConnectionError, OSError):
-                time.sleep(0.2)
-        raise RuntimeError(f"the local S3 server did not answer on {self.url} within {timeout:.0f}s")
-
-    def stop(self) -> None:
-        if self._proc and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-        self._proc = None
-
-    def __enter__(self) -> "LocalS3Server":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+        env = {"INITIAL_NO_AUTH_ACTION_COUNT": str(unauthenticated_actions)} if authenticate else {}
+        super().__init__([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], port,
+                         "/moto-api/", log_path=log_path, env=env)
 
 
 @contextlib.contextmanager
