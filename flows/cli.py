@@ -91,7 +91,8 @@ def cmd_fid(args) -> None:
     from tasks.evaluate import fid_between_folders
 
     with stdout_to_stderr(args.json):
-        r = fid_between_folders(args.dir_a, args.dir_b, args.weights, args.batch_size)
+        r = fid_between_folders(args.dir_a, args.dir_b, args.weights, args.batch_size,
+                                weights_sha256=args.weights_sha256, save_stats=args.save_stats, stats=args.stats)
     _emit(args, r, f"FID {r['fid']:.6g}   KID {r['kid']:.4g} +- {r['kid_std']:.2g}   "
           f"({r['n_generated']} vs {r['n_reference']} images, {r['weights']} Inception weights)")
 
@@ -189,8 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(sp); with_json(sp); sp.set_defaults(fn=cmd_ingest)
 
     sp = sub.add_parser("fid", help="FID and KID between two folders of images")
-    sp.add_argument("dir_a"); sp.add_argument("dir_b")
+    sp.add_argument("dir_a"); sp.add_argument("dir_b", nargs="?", help="reference folder (or --stats FILE)")
     sp.add_argument("--weights", default="auto", help="standard | auto | random | path | s3:// URI")
+    sp.add_argument("--weights-sha256", help="the sha256 a weights path or URI must have (default: the standard file's)")
+    sp.add_argument("--save-stats", metavar="FILE", help="also save the reference side's statistics to FILE")
+    sp.add_argument("--stats", metavar="FILE", help="reference statistics saved earlier with --save-stats, instead of DIR_B")
     sp.add_argument("--batch-size", type=_positive, default=32)
     with_json(sp); sp.set_defaults(fn=cmd_fid)
 

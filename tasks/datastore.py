@@ -14,12 +14,13 @@ given its place in the cache, which only this machine writes).
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
 from gan_model.config import DataConfig
 from gan_model.errors import GanflowError
-from gan_model.shards import INDEX, InvalidDataset, read_index, validate_index, verify_shards
+from gan_model.shards import INDEX, VERSION_PATTERN, InvalidDataset, read_index, validate_index, verify_shards
 from tasks.s3 import make_client, parse_s3_uri, s3_errors
 from tasks.storage import cache_path, is_s3, local_folder, publish_folder
 from tasks.types import DatasetVersion
@@ -69,6 +70,9 @@ def describe(uri: str, index: dict, *, bytes_downloaded: int = 0, reused: bool) 
 
 def published_version(cfg: DataConfig, version: str) -> DatasetVersion:
     """The published version `version` under data.processed_uri, or a one-line error."""
+    if not re.fullmatch(VERSION_PATTERN, version):  # it may come from a registry tag: it becomes a path
+        raise GanflowError(f"{version!r} is not a data set version name: check the registered run's "
+                           f"ganflow.dataset_version tag")
     uri = version_uri(cfg, version)
     index = read_published_index(uri, cfg)
     if index is None:

@@ -148,3 +148,27 @@ def test_large_pngs_are_reduced_before_conversion_with_the_same_result():
     reference = np.asarray(Image.fromarray(smooth).convert("L").resize((32, 32), Image.Resampling.LANCZOS))
     out = decode(png(smooth), resolution=32)[0]
     assert np.abs(out.astype(int) - reference).mean() < 1
+
+
+def test_folders_are_streamed_with_the_ingest_limits_and_never_left_through_symlinks(tmp_path):
+    from gan_model.images import folder_batches, folder_files
+    from tests.helpers import bomb_png
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.png").write_bytes(png(gradient()))
+    folder = tmp_path / "images"
+    (folder / "sub").mkdir(parents=True)
+    for i in range(5):
+        (folder / f"{i}.png").write_bytes(png(gradient(40 + i % 2, 30)))
+    (folder / "sub" / "deep.png").write_bytes(png(gradient()))
+    (folder / "inside-link.png").symlink_to(folder / "0.png")  # stays inside: used
+    (folder / "escape.png").symlink_to(outside / "secret.png")  # leads out: skipped
+    (folder / "escape-dir").symlink_to(outside, target_is_directory=True)  # not descended into
+    (folder / "bomb.png").write_bytes(bomb_png(6000, 6000))
+    (folder / "big.png").write_bytes(png(np.random.default_rng(0).integers(0, 255, (300, 300), dtype=np.uint8)))
+    (folder / "figure.eps").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n")
+    names = {p.name for p in folder_files(folder)}
+    assert "escape.png" not in names and "secret.png" not in names and {"inside-link.png", "deep.png"} <= names
+    batches = list(folder_batches(folder, 3, max_pixels=16_000_000, max_bytes=50_000))
+    assert sum(len(b) for b in batches) == 7  # 5 + deep + inside-link; no bomb, big file, EPS or escape
+    assert all(b.dtype == np.uint8 and b.shape[1] == 3 and len(b) <= 3 for b in batches)
