@@ -228,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_watchdog = None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
@@ -236,6 +239,12 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from flows.environment import set_local_defaults
     set_local_defaults()
+    # What this process starts (the local servers, Ray, Prefect's temporary API server) must not
+    # outlive it, even when it is killed with SIGKILL and no cleanup runs: a watchdog child kills
+    # whatever of it is left once this process is gone.
+    global _watchdog
+    from tasks import watchdog
+    _watchdog = watchdog.start([os.getpid()])  # kept referenced: closing its pipe is the signal
 
     # SIGTERM (a stopped container, `kill`) and SIGHUP (a closed terminal) unwind like Ctrl-C:
     # every `ray_session()` and server context on the way out stops what it started.
