@@ -31,7 +31,8 @@ LOOPBACK = "127.0.0.1"
 # single node and resolves its address to loopback, and the C++ servers then bind 127.0.0.1 only.
 # Without it, ray.init(_node_ip_address="127.0.0.1") is turned into the routable address and
 # every server listens on all interfaces. Token auth is Ray's default from 2.60; 2.52+ has it.
-LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token"}
+# NCCL (GPU training) otherwise bootstraps over the first non-loopback interface.
+LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token", "NCCL_SOCKET_IFNAME": "lo"}
 
 _watchdog: subprocess.Popen | None = None
 

@@ -59,10 +59,10 @@ def _scan(roots: set[int], tracked: dict[int, int]) -> None:
             frontier.extend(c for c in children.get(pid, ()) if c not in tracked)
 
 
-def _kill(tracked: dict[int, int]) -> None:
+def _kill(tracked: dict[int, int], spare: set[int]) -> None:
     table = _processes()
     for pid, start in tracked.items():
-        if pid in table and table[pid][1] == start and pid != os.getpid():
+        if pid in table and table[pid][1] == start and pid not in spare:
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
@@ -98,13 +98,16 @@ def main(argv: list[str]) -> int:
     for sig in (signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     roots = {int(a) for a in argv}
+    # The caller closes the pipe on its way out (interpreter teardown closes files while it still
+    # runs): it is never killed, whether or not it is one of the roots.
+    spare = {os.getpid(), os.getppid()}
     tracked: dict[int, int] = {}
     while True:
         _scan(roots, tracked)
         ready, _, _ = select.select([sys.stdin], [], [], SCAN_INTERVAL_S)
         if ready and not os.read(sys.stdin.fileno(), 1):  # end of file: the parent is gone
             break
-    _kill(tracked)
+    _kill(tracked, spare)
     return 0
 
 
