@@ -93,7 +93,8 @@ def cmd_fid(args) -> None:
     from tasks.evaluate import fid_between_folders
 
     with stdout_to_stderr(args.json):
-        r = fid_between_folders(args.dir_a, args.dir_b, args.weights, args.batch_size)
+        r = fid_between_folders(args.dir_a, args.dir_b, args.weights, args.batch_size,
+                                weights_sha256=args.weights_sha256, save_stats=args.save_stats, stats=args.stats)
     _emit(args, r, f"FID {r['fid']:.6g}   KID {r['kid']:.4g} +- {r['kid_std']:.2g}   "
           f"({r['n_generated']} vs {r['n_reference']} images, {r['weights']} Inception weights)")
 
@@ -242,8 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(sp); with_json(sp); sp.set_defaults(fn=cmd_ingest)
 
     sp = sub.add_parser("fid", help="FID and KID between two folders of images")
-    sp.add_argument("dir_a"); sp.add_argument("dir_b")
+    sp.add_argument("dir_a"); sp.add_argument("dir_b", nargs="?", help="reference folder (or --stats FILE)")
     sp.add_argument("--weights", default="auto", help="standard | auto | random | path | s3:// URI")
+    sp.add_argument("--weights-sha256", help="the sha256 a weights path or URI must have (default: the standard file's)")
+    sp.add_argument("--save-stats", metavar="FILE", help="also save the reference side's statistics to FILE")
+    sp.add_argument("--stats", metavar="FILE", help="reference statistics saved earlier with --save-stats, instead of DIR_B")
     sp.add_argument("--batch-size", type=_positive, default=32)
     with_json(sp); sp.set_defaults(fn=cmd_fid)
 
@@ -307,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_watchdog = None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
@@ -315,6 +322,12 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from flows.environment import set_local_defaults
     set_local_defaults()
+    # What this process starts (the local servers, Ray, Prefect's temporary API server) must not
+    # outlive it, even when it is killed with SIGKILL and no cleanup runs: a watchdog child kills
+    # whatever of it is left once this process is gone.
+    global _watchdog
+    from tasks import watchdog
+    _watchdog = watchdog.start([os.getpid()])  # kept referenced: closing its pipe is the signal
 
     # SIGTERM (a stopped container, `kill`) and SIGHUP (a closed terminal) unwind like Ctrl-C:
     # every `ray_session()` and server context on the way out stops what it started.

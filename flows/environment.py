@@ -41,6 +41,8 @@ def set_local_defaults() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # Ray's driver-side log monitor prints worker warnings that users need not see.
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    from tasks.ray_runtime import prepare_local_ray_env
+    prepare_local_ray_env()  # a local Ray instance listens on loopback only
 
 
 def configured_prefect_api() -> tuple[str, str] | None:

@@ -72,7 +72,11 @@ class Preprocessing(_Section):
     resolution: int = Field(32, description="output side length in pixels (power of two, 16..256)")
     channels: Literal[1, 3] = Field(1, description="1 = grayscale, 3 = RGB; inputs are converted")
     small_images: Literal["upscale", "skip"] = Field("upscale", description="policy for images smaller than the resolution")
-    max_pixels: int = Field(64_000_000, gt=0, description="decompression-bomb limit per image")
+    max_pixels: int = Field(16_000_000, gt=0, description="images with more pixels (from the header) are skipped "
+                            "undecoded; also bounds decoding memory")
+    # Part of the version: it decides which objects are in the data set, not how they are decoded.
+    max_object_bytes: int = Field(64 << 20, gt=0, description="larger objects are skipped without being "
+                                  "downloaded (size from the listing)")
     max_images: int | None = Field(None, gt=0, description="use at most this many objects (by key order)")
 
     @field_validator("resolution")
@@ -101,6 +105,15 @@ class DataConfig(Preprocessing):
         None, ge=0, description="processes that decode and resize; None = one per CPU (max 8) when objects average "
         "64 KB or more, else in the download threads; 0 = always in the download threads")
     timeout_s: float = Field(3600, gt=0, description="the ingest step's time limit per attempt (Prefect task timeout)")
+
+    @model_validator(mode="after")
+    def _output_outside_source(self) -> "DataConfig":
+        # Everything under the source prefix is read as untrusted images; shards written there
+        # would be listed (and skipped) as objects of the next version.
+        if self.processed_uri.startswith(self.source):
+            raise ValueError(f"data.processed_uri ({self.processed_uri}) must not be under data.source: "
+                             f"use another bucket or prefix that only ganflow writes")
+        return self
 
     @field_validator("source")
     @classmethod
@@ -169,6 +182,7 @@ class TrainConfig(TrainRecipe):
     if_busy: Literal["wait", "skip"] = Field(
         "wait", description="when another flow run is training the same data set and recipe: wait for it "
         "(then reuse its checkpoint), or skip this run")
+    dashboard: bool = Field(False, description="start the Ray dashboard (on 127.0.0.1) with the local Ray instance")
 
     def recipe(self) -> TrainRecipe:
         return self.part(TrainRecipe)
@@ -193,6 +207,9 @@ class EvalConfig(EvalProtocol):
     batch_size: int = Field(32, gt=0, description="Inception batch size")
     grid_size: int = Field(64, gt=0, description="images in the logged sample grid")
     output_dir: str = Field(str(STATE_DIR / "eval"), description="sample grids and exported generators")
+    fid_weights_sha256: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$", description="sha256 a weights file given by path or s3:// must have; "
+        "None = the standard 2015-12-05 file's")
     num_workers: int | None = Field(None, gt=0, description="Ray workers that generate and extract features "
                                     "(each its share, merged exactly); None = train.num_workers, 1 = on the driver")
     timeout_s: float = Field(3 * 3600, gt=0, description="the evaluate step's time limit per attempt")

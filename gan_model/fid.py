@@ -24,6 +24,7 @@ class FeatureStats:
         self.sum = np.zeros(dim, np.float64)
         self.outer = np.zeros((dim, dim), np.float64)
         self._kept: list[np.ndarray] = []
+        self.meta: dict[str, str] = {}  # provenance saved with the statistics (e.g. the weights' hash)
 
     def update(self, features: np.ndarray) -> None:
         f = np.asarray(features, np.float64)
@@ -54,18 +55,20 @@ class FeatureStats:
         cov = (self.outer - self.count * np.outer(mu, mu)) / (self.count - 1)
         return mu, cov
 
-    def save(self, path: str | Path) -> None:
+    def save(self, path: str | Path, **meta: str) -> None:
         path = Path(path)
         tmp = path.with_name(f"{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp.npz")  # unique per writer
-        np.savez(tmp, count=self.count, sum=self.sum, outer=self.outer, features=self.features, keep=self.keep)
+        np.savez(tmp, count=self.count, sum=self.sum, outer=self.outer, features=self.features, keep=self.keep,
+                 **{f"meta_{k}": np.str_(v) for k, v in {**self.meta, **meta}.items()})
         tmp.replace(path)
 
     @classmethod
     def load(cls, path: str | Path) -> "FeatureStats":
-        z = np.load(path)
-        out = cls(int(z["sum"].shape[0]), int(z["keep"]))
-        out.count, out.sum, out.outer = int(z["count"]), z["sum"], z["outer"]
-        out._kept = [z["features"]] if len(z["features"]) else []
+        with np.load(path, allow_pickle=False) as z:  # numbers and strings only: no code in a stats file
+            out = cls(int(z["sum"].shape[0]), int(z["keep"]))
+            out.count, out.sum, out.outer = int(z["count"]), z["sum"], z["outer"]
+            out._kept = [z["features"]] if len(z["features"]) else []
+            out.meta = {k[len("meta_"):]: str(z[k]) for k in z.files if k.startswith("meta_")}
         return out
 
 

@@ -4,7 +4,11 @@ torch-fidelity's `FeatureExtractorInceptionV3` is the TF-ported network with
 the TF1-compatible bilinear resize to 299x299, i.e. the features behind
 published FIDs; we use it rather than keep our own port. This module adds:
 
-- resolving the standard 2015-12-05 weights (torch hub cache, else download);
+- resolving the standard 2015-12-05 weights (torch hub cache, else download), checked against
+  their full sha256;
+- loading any weights file as tensors only (`torch.load(weights_only=True)`): torch-fidelity
+  itself calls `torch.load(path, weights_only=False)`, a full unpickle that runs whatever code
+  the file carries, so its module is never given a user's file, only an empty one of ours;
 - seeded random weights for smoke tests, with BatchNorm statistics
   re-estimated on reference images so the features do not collapse;
 - the weights' sha256, which is part of every FID's protocol.
@@ -15,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import pickle
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Iterable
@@ -29,7 +35,9 @@ log = logging.getLogger(__name__)
 
 STANDARD_FILE = "weights-inception-2015-12-05-6726825d.pth"
 STANDARD_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" + STANDARD_FILE
-STANDARD_HASH_PREFIX = "6726825d"
+# The whole sha256 of that file (95,628,359 bytes; the same file pytorch-fid ships as
+# pt_inception-2015-12-05-6726825d.pth): the name's suffix is only its first 32 bits.
+STANDARD_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
 FEATURE_DIM = 2048
 
 
@@ -45,13 +53,31 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def check_sha256(path: str | Path, expected: str | None = None) -> str:
+    """The sha256 of `path` when it is `expected` (default: the standard weights'), else a one-line
+    WeightsUnavailable. A file named by a path or URI could be anything: only its hash says what."""
+    expected = expected or STANDARD_SHA256
+    actual = sha256_file(path)
+    if actual != expected:
+        which = "the standard 2015-12-05 weights'" if expected == STANDARD_SHA256 else "eval.fid_weights_sha256"
+        raise WeightsUnavailable(
+            f"{path} has sha256 {actual[:16]}..., not {which} {expected[:16]}...: use {STANDARD_FILE}, or set "
+            f"eval.fid_weights_sha256={actual} to use this file on purpose")
+    return actual
+
+
 def standard_weights_path(download: bool = True) -> Path:
     """The TF-ported 2015-12-05 weights from the torch hub cache, downloading them if allowed."""
     target = Path(torch.hub.get_dir()) / "checkpoints" / STANDARD_FILE
-    if target.is_file():
-        return target
     how = (f"put {STANDARD_FILE} into {target.parent} (or set TORCH_HOME), or set eval.fid_weights "
            f"to a path or s3:// URI of that file")
+    if target.is_file():
+        try:
+            check_sha256(target)
+        except WeightsUnavailable:
+            raise WeightsUnavailable(f"{target} is not the standard Inception weights file (sha256 differs): "
+                                     f"delete it, then {how}") from None
+        return target
     if not download:
         raise WeightsUnavailable(f"standard Inception weights not found in the torch hub cache: {how}")
     try:
@@ -61,34 +87,50 @@ def standard_weights_path(download: bool = True) -> Path:
         target.unlink(missing_ok=True)
         raise WeightsUnavailable(
             f"cannot download the standard Inception weights ({type(err).__name__}): {how}") from None
-    if not sha256_file(target).startswith(STANDARD_HASH_PREFIX):
+    if sha256_file(target) != STANDARD_SHA256:
         target.unlink(missing_ok=True)
         raise WeightsUnavailable(f"the downloaded Inception weights failed their hash check: {how}")
     return target
 
 
-def _extractor_class():
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors in a weights file, read without unpickling anything else (no code runs)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, KeyError, EOFError, OSError, ValueError) as err:
+        raise WeightsUnavailable(f"{path} is not a plain tensor file (refused to load it: {type(err).__name__}): "
+                                 f"provide {STANDARD_FILE}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsUnavailable(f"{path} holds no Inception-v3 state dict: provide {STANDARD_FILE}")
+    return state
+
+
+def _extractor(state_dict: dict[str, torch.Tensor] | None) -> nn.Module:
+    """torch-fidelity's Inception-v3 with `state_dict` loaded (None: its random init).
+
+    Its constructor unpickles whatever file it is given, so it only ever gets an empty dict we
+    wrote ourselves, and the tensors arrive through load_state_dict.
+    """
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-    return FeatureExtractorInceptionV3
+
+    class Preloaded(FeatureExtractorInceptionV3):
+        def load_state_dict(self, ignored, strict=True, assign=False):
+            if state_dict is not None:
+                return super().load_state_dict(state_dict, strict, assign)
+
+    with tempfile.TemporaryDirectory(prefix="ganflow-inception-") as tmp:
+        empty = Path(tmp) / "empty.pth"
+        torch.save({}, empty)
+        return Preloaded("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(empty))
 
 
 def make_random_weights(path: str | Path, seed: int = 0) -> Path:
     """Write seeded, randomly initialised Inception-v3 weights (smoke tests only)."""
-    base = _extractor_class()
-
-    class _Unloaded(base):  # type: ignore[misc, valid-type]
-        def load_state_dict(self, state_dict, strict=True, assign=False):  # keep the random init
-            if state_dict:
-                return super().load_state_dict(state_dict, strict, assign)
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    empty = path.with_suffix(".empty.pth")
-    torch.save({}, empty)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = _Unloaded("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(empty))
-    empty.unlink()
+        net = _extractor(None)
     tmp = path.with_suffix(".tmp")
     torch.save(net.state_dict(), tmp)
     tmp.replace(path)
@@ -101,10 +143,10 @@ class InceptionFeatures:
     def __init__(self, weights_path: str | Path, device: str | torch.device = "cpu", batch_size: int = 32):
         self.weights_path = Path(weights_path)
         self.device, self.batch_size = torch.device(device), batch_size
+        state = load_weights(self.weights_path)
         try:
-            net = _extractor_class()("inception-v3-compat", ["2048"],
-                                     feature_extractor_weights_path=str(self.weights_path))
-        except (RuntimeError, KeyError, EOFError, OSError) as err:
+            net = _extractor(state)
+        except (RuntimeError, KeyError) as err:  # tensors, but not Inception-v3's
             raise WeightsUnavailable(
                 f"{self.weights_path} is not a usable Inception-v3 weights file ({type(err).__name__}): "
                 f"provide {STANDARD_FILE}") from None

@@ -5,6 +5,11 @@
 
 Shards are memory-mapped on read, so a worker touches only the images it
 trains on.
+
+An index may come from shared storage that others can write, so it is validated before any of
+it is used (`read_index`, `validate_index`): shard names are `shard-NNNNN.npy` and nothing else,
+so joining them to a folder never leaves it, and `verify_shards` checks every shard's dtype,
+shape and sha256 against the index.
 """
 
 from __future__ import annotations
@@ -12,11 +17,88 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from gan_model.errors import GanflowError
 
 INDEX = "index.json"
 FORMAT = "ganflow-shards/1"
+SHARD_PATTERN = r"^shard-\d{5}\.npy$"
+VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"  # it names folders and Ray runs
+
+
+class InvalidDataset(GanflowError):
+    """A processed data set version whose index or shards do not check out."""
+
+
+def _refuse(where: str | Path, problem: str) -> InvalidDataset:
+    return InvalidDataset(f"{where}: {problem}: the data set is corrupt or was tampered with; run `ganflow "
+                          f"ingest` again into a data.processed_uri that only ganflow can write")
+
+
+class _Shard(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    file: str = Field(pattern=SHARD_PATTERN)
+    count: int = Field(gt=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class _Skipped(BaseModel):
+    key: str
+    reason: str
+
+
+class _Index(BaseModel):
+    model_config = ConfigDict(extra="allow")  # provenance fields (source, created_at...) are free-form
+    format: Literal["ganflow-shards/1"]
+    version: str = Field(pattern=VERSION_PATTERN)
+    n_images: int = Field(ge=0)
+    channels: Literal[1, 3]
+    resolution: int = Field(ge=1, le=4096)
+    shards: list[_Shard]
+    skipped: list[_Skipped] = []
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "_Index":
+        if self.n_images != sum(s.count for s in self.shards):
+            raise ValueError("n_images is not the sum of the shard counts")
+        if len({s.file for s in self.shards}) != len(self.shards):
+            raise ValueError("a shard is listed twice")
+        return self
+
+
+def validate_index(index: object, where: str | Path) -> dict:
+    """`index` when it is a well-formed data set index, else a one-line InvalidDataset."""
+    try:
+        _Index.model_validate(index)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "index"
+        value = f" {first['input']!r}" if not isinstance(first["input"], (dict, list)) else ""
+        raise _refuse(where, f"invalid index field {field}{value} ({first['msg'].removeprefix('Value error, ')})") from None
+    return index  # type: ignore[return-value]
+
+
+def verify_shards(folder: str | Path, index: dict) -> None:
+    """Every shard of `index` in `folder` has the dtype, shape and sha256 the index gives it."""
+    folder = Path(folder)
+    shape = (index["channels"], index["resolution"], index["resolution"])
+    for shard in index["shards"]:
+        path = folder / shard["file"]
+        try:
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise _refuse(path, f"unreadable shard ({type(err).__name__})") from None
+        if arr.dtype != np.uint8 or arr.shape != (shard["count"], *shape):
+            raise _refuse(path, f"shard is {arr.dtype} {arr.shape}, the index says uint8 {(shard['count'], *shape)}")
+        digest = hashlib.sha256()
+        for start in range(0, len(arr), 1024):  # bounded memory whatever the shard size
+            digest.update(np.ascontiguousarray(arr[start:start + 1024]).data)
+        if digest.hexdigest() != shard["sha256"]:
+            raise _refuse(path, "shard sha256 does not match the index")
 
 
 class ShardWriter:
@@ -64,11 +146,13 @@ class ShardWriter:
 
 
 def read_index(folder: str | Path) -> dict:
+    """The validated index of the version in `folder`."""
     path = Path(folder) / INDEX
-    index = json.loads(path.read_text())
-    if index.get("format") != FORMAT:
-        raise ValueError(f"{path}: unknown data set format {index.get('format')!r}")
-    return index
+    try:
+        index = json.loads(path.read_text())
+    except ValueError:
+        raise _refuse(path, "not JSON") from None
+    return validate_index(index, path)
 
 
 class ShardedImages:
@@ -77,7 +161,11 @@ class ShardedImages:
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
         self.index = read_index(self.folder)
-        self._arrays = [np.load(self.folder / s["file"], mmap_mode="r") for s in self.index["shards"]]
+        self._arrays = [np.load(self.folder / s["file"], mmap_mode="r", allow_pickle=False)
+                        for s in self.index["shards"]]
+        for s, arr in zip(self.index["shards"], self._arrays):  # cheap; the hashes: verify_shards
+            if arr.dtype != np.uint8 or arr.shape != (s["count"], *self.shape):
+                raise _refuse(self.folder / s["file"], "shard shape or dtype differs from the index")
         self._starts = np.cumsum([0] + [len(a) for a in self._arrays])
 
     def __len__(self) -> int:

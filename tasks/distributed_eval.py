@@ -52,13 +52,12 @@ def shards(n: int, workers: int) -> list[tuple[int, int]]:
 
 def generated_stats_on_ray(cfg: GanflowConfig, generator_path: Path, weights_path: Path, keep: int,
                            workers: int) -> FeatureStats:
-    import ray
-
     from tasks.ray_runtime import ensure_ray
 
     tc, ev = cfg.train, cfg.eval
     cpus = float(tc.resources_per_worker.get("CPU", 1))
-    ensure_ray(cpus * workers)
+    ensure_ray(cpus * workers, dashboard=tc.dashboard)  # before Ray is imported
+    import ray
     remote = ray.remote(num_cpus=cpus, num_gpus=1 if tc.use_gpu else 0)(_shard_stats)
     generator_ref = ray.put(Path(generator_path).read_bytes())
     weights_ref = ray.put(Path(weights_path).read_bytes())  # one copy in the object store

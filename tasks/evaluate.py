@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import tempfile
 from importlib import metadata
 from pathlib import Path
@@ -19,11 +20,12 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from gan_model.checkpoint import export_generator, load_generator
-from gan_model.config import DataConfig, EvalConfig, GanflowConfig, RegistryConfig, build_config, identity_hash
+from gan_model.config import (DataConfig, EvalConfig, EvalProtocol, GanflowConfig, RegistryConfig, build_config,
+                              identity_hash)
 from gan_model.errors import GanflowError, UsageError
 from gan_model.evaluation import FID_FULL_RANK, compare, stats_of
 from gan_model.fid import FeatureStats
-from gan_model.inception import (FEATURE_DIM, STANDARD_HASH_PREFIX, InceptionFeatures, WeightsUnavailable,
+from gan_model.inception import (STANDARD_SHA256, InceptionFeatures, WeightsUnavailable, check_sha256,
                                  make_random_weights, sha256_file, standard_weights_path)
 from gan_model.sampling import generate_batches
 from gan_model.shards import ShardedImages
@@ -51,12 +53,18 @@ def resolve_weights(ev: EvalConfig, data: DataConfig) -> tuple[Path | None, str]
             return None, "random"
     if choice == "random":
         return None, "random"
+    # A file named by path or URI is used only when its sha256 is the one expected: the standard
+    # weights' unless the user named another hash (what the file is, not where it came from).
     if choice.startswith("s3://"):
-        return fetch_file_once(choice, cache_path(choice, data, "weights", ".pth"), data), "file"
-    path = Path(choice).expanduser()
-    if not path.is_file():
-        raise GanflowError(f"eval.fid_weights={choice!r} is neither standard, auto, random, an s3:// URI "
-                           f"nor an existing file: fix the path")
+        expected = ev.fid_weights_sha256 or STANDARD_SHA256  # part of the key: a new hash, a new fetch
+        path = fetch_file_once(choice, cache_path(f"{choice}\0{expected}", data, "weights", ".pth"), data,
+                               verify=lambda p: check_sha256(p, expected))
+    else:
+        path = Path(choice).expanduser()
+        if not path.is_file():
+            raise GanflowError(f"eval.fid_weights={choice!r} is neither standard, auto, random, an s3:// URI "
+                               f"nor an existing file: fix the path")
+    check_sha256(path, ev.fid_weights_sha256)  # also the cached copy: the expected hash may have changed
     return path, "file"
 
 
@@ -166,7 +174,7 @@ def evaluate_generator_file(cfg: GanflowConfig, dataset: DatasetVersion, generat
     return EvalResult(
         fid=scores["fid"], kid=scores["kid"], kid_std=scores["kid_std"], n_generated=scores["n_generated"],
         n_reference=scores["n_reference"], protocol=protocol,
-        comparable=kind != "random" and weights_sha.startswith(STANDARD_HASH_PREFIX),
+        comparable=kind != "random" and weights_sha == STANDARD_SHA256,
         sample_grid=str(sample_grid), generator_path=str(generator_path), warnings=warnings)
 
 
@@ -182,7 +190,27 @@ def registered_config(client, mv) -> dict:
                 artifact_uri=f"models:/{mv.name}/{mv.version}/artifacts/config.yaml", dst_path=tmp)
         except Exception:
             path = client.download_artifacts(mv.run_id, "config.yaml", tmp)
-        return yaml.safe_load(open(path))
+        try:
+            return yaml.safe_load(open(path))
+        except yaml.YAMLError:
+            return None
+
+
+def registered_protocol(run_config: object) -> dict:
+    """The evaluation protocol of a registered run's config.yaml, and nothing else.
+
+    The file comes from the registry, which may hold runs logged by anyone with write access to
+    it: its paths and endpoints (data.processed_uri, eval.output_dir, data.endpoint_url, a
+    weights path) would point this machine's reads and writes wherever they say. Only the
+    protocol's values are taken, and a weights path or URI only as a hash to check against.
+    """
+    section = run_config.get("eval") if isinstance(run_config, dict) else None
+    section = section if isinstance(section, dict) else {}
+    protocol = {k: section[k] for k in EvalProtocol.model_fields if k in section}
+    weights = protocol.get("fid_weights")
+    if weights not in (None, "standard", "auto", "random"):
+        del protocol["fid_weights"]  # a location: the user names the file (--set eval.fid_weights=...)
+    return protocol
 
 
 def evaluate_registered(model_uri: str, overrides: list[str] | tuple[str, ...] = (),
@@ -196,17 +224,19 @@ def evaluate_registered(model_uri: str, overrides: list[str] | tuple[str, ...] =
 
     client, _, uri = mlflow_client(registry or RegistryConfig())
     mv = model_version(client, model_uri, uri)
-    raw = registered_config(client, mv)
+    # Only the protocol's values come from the registry (registered_protocol); where data and
+    # outputs live comes from `overrides` and the defaults.
+    protocol = registered_protocol(registered_config(client, mv))
     version = mv.tags.get("ganflow.dataset_version", "")
     other = None
     if protocol_of:
         other = model_version(client, protocol_of, uri)
-        theirs = registered_config(client, other)
-        raw = {**raw, "eval": theirs["eval"], "data": theirs["data"]}
+        protocol = registered_protocol(registered_config(client, other))
         version = other.tags.get("ganflow.dataset_version", "")
-    cfg = build_config(raw, overrides)
+    cfg = build_config({"eval": protocol}, overrides)
     dataset = published_version(cfg.data, version)
-    out = Path(cfg.eval.output_dir).expanduser().resolve() / f"{mv.name}-v{mv.version}"
+    # Names and versions come from the registry: only safe characters become a folder name.
+    out = Path(cfg.eval.output_dir).expanduser().resolve() / re.sub(r"[^A-Za-z0-9_.-]", "_", f"{mv.name}-v{mv.version}")
     generator = download_generator(model_uri, out / "generator.pt")
     g = load_generator(generator)
     if (g.resolution, g.channels) != (dataset.resolution, dataset.channels):
@@ -224,41 +254,64 @@ def evaluate_registered(model_uri: str, overrides: list[str] | tuple[str, ...] =
             **result.model_dump(), "protocol_key": key, "recorded_fid": recorded, "compared_with": compared}
 
 
-def fid_between_folders(dir_a: str | Path, dir_b: str | Path, weights: str = "auto",
-                        batch_size: int = 32) -> dict:
-    """FID and KID between two folders of images (B is the reference side), with the same
-    weights resolution and calibration as the pipeline and EvalConfig's KID settings."""
-    from gan_model.fid import FeatureStats
-    from gan_model.images import load_folder
+# Features kept per side for KID (8 KB each): KID draws its subsets of eval.kid_subset_size
+# from the first this many images; FID's statistics cover every image.
+FOLDER_KID_FEATURES = 10_000
 
-    cfg = build_config({}, [f"eval.fid_weights={weights}", f"eval.batch_size={batch_size}"])
-    sets = []
+
+def fid_between_folders(dir_a: str | Path, dir_b: str | Path | None = None, weights: str = "auto",
+                        batch_size: int = 32, *, weights_sha256: str | None = None,
+                        save_stats: str | Path | None = None, stats: str | Path | None = None) -> dict:
+    """FID and KID between the images in folder A and a reference: folder B, or the statistics of
+    a reference saved earlier with `save_stats` (then `stats`), under the same weights.
+
+    Same weights resolution and calibration as the pipeline, EvalConfig's KID settings, and the
+    ingest's decode limits (format allowlist, data.max_pixels, data.max_object_bytes per file).
+    Images are streamed a batch at a time; symlinks that lead out of a folder are not followed.
+    """
+    from gan_model.images import folder_batches
+
+    if (dir_b is None) == (stats is None):
+        raise UsageError("pass either a reference folder DIR_B or --stats FILE")
+    cfg = build_config({}, [f"eval.fid_weights={weights}", f"eval.batch_size={batch_size}",
+                            *([f"eval.fid_weights_sha256={weights_sha256}"] if weights_sha256 else [])])
     for folder in (dir_a, dir_b):
-        try:
-            images = load_folder(folder)
-        except FileNotFoundError as err:
-            raise UsageError(f"{err}: pass two folders of images") from None
-        if len(images) < 2:
-            raise UsageError(f"{str(folder)!r} holds {len(images)} decodable images; FID needs at least 2 per side")
-        sets.append(images)
+        if folder is not None and not Path(folder).is_dir():
+            raise UsageError(f"image folder {str(folder)!r} does not exist: pass two folders of images")
 
-    def batches(images: list[np.ndarray]) -> Iterator[np.ndarray]:
-        for i in range(0, len(images), batch_size):  # same-size runs batch together
-            chunk = images[i:i + batch_size]
-            for shape in dict.fromkeys(a.shape for a in chunk):
-                yield np.stack([a for a in chunk if a.shape == shape])
+    def batches(folder) -> Iterator[np.ndarray]:
+        return folder_batches(folder, batch_size, max_pixels=cfg.data.max_pixels, max_bytes=cfg.data.max_object_bytes)
+
+    def calibration_images() -> Iterator[np.ndarray]:  # only random weights are calibrated
+        if dir_b is None or save_stats is not None:
+            raise UsageError("saved reference statistics need fixed Inception weights (standard, or a file): "
+                             "random weights are calibrated on the reference folder itself")
+        return batches(dir_b)
 
     with tempfile.TemporaryDirectory(prefix="ganflow-fid-") as tmp:
-        path, kind = inception_weights(cfg.eval, cfg.data, Path(tmp), lambda: batches(sets[1]), "reference")
+        path, kind = inception_weights(cfg.eval, cfg.data, Path(tmp), calibration_images, "reference")
         net = InceptionFeatures(path, batch_size=batch_size)
         weights_sha = sha256_file(path)
-    stats = []
-    for images in sets:
-        s = FeatureStats(FEATURE_DIM, keep_features=len(images))
-        for b in batches(images):
-            s.update(net(b))
-        stats.append(s)
+
+    def extracted(folder) -> FeatureStats:
+        s = stats_of(net, batches(folder), FOLDER_KID_FEATURES)
+        if s.count < 2:
+            raise UsageError(f"{str(folder)!r} holds {s.count} decodable images; FID needs at least 2 per side")
+        return s
+
+    generated = extracted(dir_a)
+    if stats is not None:
+        try:
+            reference = FeatureStats.load(stats)
+        except (OSError, ValueError, KeyError) as err:
+            raise UsageError(f"{stats} is not a statistics file written by --save-stats ({type(err).__name__})") from None
+        if reference.meta.get("weights_sha256") != weights_sha:
+            raise UsageError(f"{stats} was computed with other Inception weights: pass the --weights it was saved with")
+    else:
+        reference = extracted(dir_b)
+    if save_stats is not None:
+        reference.save(save_stats, weights_sha256=weights_sha)
     ev = cfg.eval
-    scores = compare(stats[0], stats[1], kid_subsets=ev.kid_subsets, seed=ev.seed,
-                     kid_subset_size=min(ev.kid_subset_size, stats[0].count, stats[1].count))
+    scores = compare(generated, reference, kid_subsets=ev.kid_subsets, seed=ev.seed,
+                     kid_subset_size=min(ev.kid_subset_size, generated.count, reference.count))
     return {**scores, "weights": kind, "weights_sha256": weights_sha}

@@ -9,34 +9,42 @@ place, index last: a partial version is never visible.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import itertools
 import json
 import logging
-import multiprocessing
 import os
 import shutil
 import threading
 import time
 import uuid
 from collections import deque
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
+
+import numpy as np
 
 from gan_model.config import DataConfig
 from gan_model.errors import GanflowError
-from gan_model.images import InvalidImage, decode_image
+from gan_model.images import InvalidImage, decode_image, decoded_pixels
 from gan_model.shards import ShardWriter
 from tasks.datastore import describe, publish, read_published_index, version_uri
+from tasks.decoding import Budget, DecoderCrashed, DecoderPool
 from tasks.s3 import make_client, parse_s3_uri, s3_errors
-from tasks.storage import atomic_write, is_s3
+from tasks.storage import atomic_write, is_s3, read_cached_object, sweep_stale_parts
 from tasks.types import DatasetVersion
 
 log = logging.getLogger("ganflow.ingest")
 
 PROCESS_DECODE_MIN_BYTES = 64 * 1024
+# At most this many objects' worth of the limits is in memory at once: object bytes held
+# (data.max_object_bytes each) and pixels being decoded (data.max_pixels each). A decode holds
+# up to about 10 bytes per pixel (16-bit PNGs; 1 for grey, 8 for RGBA), so with the defaults
+# ingest holds about 256 MiB of objects and 640 MB of pixels at most, whatever the thread count.
+BUDGET_OBJECTS = 4
 
 
 def list_manifest(client, bucket: str, prefix: str, max_images: int | None = None) -> list[tuple[str, str, int]]:
@@ -54,7 +62,8 @@ def list_manifest(client, bucket: str, prefix: str, max_images: int | None = Non
 def dataset_version(manifest: list[tuple[str, str, int]], cfg: DataConfig) -> str:
     # Every preprocessing setting is in the version: the whole sub-model, not a list of names.
     settings = cfg.preprocessing().model_dump(mode="json")
-    h = hashlib.sha256(json.dumps({"format": 1, "settings": settings}, sort_keys=True).encode())
+    # format 2: decoder allowlist, JPEG draft and early reduce change some decoded pixels.
+    h = hashlib.sha256(json.dumps({"format": 2, "settings": settings}, sort_keys=True).encode())
     for key, etag, size in sorted(manifest):
         h.update(json.dumps([key, etag, size]).encode())
     return h.hexdigest()[:16]
@@ -87,7 +96,16 @@ def check_source(cfg: DataConfig) -> None:
         raise GanflowError(f"no objects under {cfg.source}: upload images there or fix data.source")
 
 
-def ingest_dataset(cfg: DataConfig) -> DatasetVersion:
+def _too_large(size: int, cfg: DataConfig) -> str:
+    return f"too large ({size} bytes > data.max_object_bytes={cfg.max_object_bytes})"
+
+
+def ingest_dataset(cfg: DataConfig, *, decoder: Callable[..., np.ndarray] = decode_image) -> DatasetVersion:
+    """The data set version of `cfg.source` under `cfg`'s preprocessing, built when it is new.
+
+    `decoder` (with `decode_image`'s signature) runs where decoding runs, in decoder processes
+    when there are any, so it must be picklable; tests install one that crashes.
+    """
     bucket, prefix = parse_s3_uri(cfg.source)
     client = make_client(cfg.endpoint_url, cfg.region, max_pool=cfg.download_workers)
 
@@ -105,19 +123,41 @@ def ingest_dataset(cfg: DataConfig) -> DatasetVersion:
                  version, len(manifest), time.perf_counter() - t0)
         return describe(final, existing, reused=True)
 
-    # 2. Download what the ETag-keyed cache lacks, with a bounded pool.
+    # 2. Download what the ETag-keyed cache lacks, with a bounded pool. Memory is bounded by two
+    #    budgets, not by the thread count: object bytes held (listed sizes; larger objects are
+    #    skipped unread) and pixels being decoded (from each image's header).
     cache_dir = Path(cfg.cache_dir).expanduser().resolve()
+    sweep_stale_parts(cache_dir)
     downloaded = 0
     lock = threading.Lock()
+    object_bytes = Budget(BUDGET_OBJECTS * cfg.max_object_bytes)
+    pixels = Budget(BUDGET_OBJECTS * cfg.max_pixels)
 
-    def fetch(item: tuple[str, str, int]) -> bytes:
+    def fetch(item: tuple[str, str, int]) -> bytes | str:
+        """The object's bytes (from the cache when it still matches the listing), or why not."""
         nonlocal downloaded
-        key, etag, _ = item
+        key, etag, size = item
         path = _cache_path(cache_dir, bucket, prefix + key, etag)
-        if path.is_file():
-            return path.read_bytes()
+        cached = read_cached_object(path, size, etag)
+        if cached is not None:
+            return cached
+        from botocore.exceptions import ClientError
+
         with s3_errors("download", f"s3://{bucket}/{prefix}{key}", cfg.endpoint_url):
-            body = client.get_object(Bucket=bucket, Key=prefix + key, IfMatch=etag)["Body"].read()
+            try:
+                response = client.get_object(Bucket=bucket, Key=prefix + key, IfMatch=etag)
+            except ClientError as err:
+                code = err.response.get("Error", {}).get("Code", "")
+                if code in ("NoSuchKey", "404"):  # deleted between LIST and GET
+                    return "vanished (deleted after it was listed)"
+                if code in ("PreconditionFailed", "412"):  # the version is keyed by the listed ETag
+                    return "changed during ingest (its ETag no longer matches the listing)"
+                raise
+            with contextlib.closing(response["Body"]) as stream:
+                body = stream.read(cfg.max_object_bytes + 1)  # never more than the limit, whatever is sent
+        if len(body) != size:
+            return (_too_large(len(body), cfg) if len(body) > cfg.max_object_bytes
+                    else "changed during ingest (its size no longer matches the listing)")
         atomic_write(path, body)
         with lock:
             downloaded += len(body)
@@ -137,26 +177,38 @@ def ingest_dataset(cfg: DataConfig) -> DatasetVersion:
     skipped: list[dict] = []
     seen: dict[str, str] = {}
 
-    decode = functools.partial(decode_image, resolution=cfg.resolution, channels=cfg.channels,
+    decode = functools.partial(decoder, resolution=cfg.resolution, channels=cfg.channels,
                                max_pixels=cfg.max_pixels, small_images=cfg.small_images)
     n_procs = cfg.decode_processes
     if n_procs is None:
         # Small images decode in microseconds: shipping them to another process
         # costs more than it saves (measured in benchmarks/RESULTS.md). Photos
         # take milliseconds each and outgrow one core.
-        mean_size = sum(size for _, _, size in manifest) / len(manifest)
+        sizes = [size for _, _, size in manifest if size <= cfg.max_object_bytes]
+        mean_size = sum(sizes) / max(1, len(sizes))
         n_procs = min(8, os.cpu_count() or 1) if mean_size >= PROCESS_DECODE_MIN_BYTES else 0
-    # forkserver: children start clean, not as forks of a process full of threads.
-    decoders = ProcessPoolExecutor(n_procs, mp_context=multiprocessing.get_context("forkserver")) \
-        if n_procs > 0 else None
+    decoders = DecoderPool(n_procs) if n_procs > 0 else None
 
-    def process(item: tuple[str, str, int]):
-        body = fetch(item)
-        digest = hashlib.sha256(body).hexdigest()
-        try:
-            return digest, (decoders.submit(decode, body).result() if decoders else decode(body))
-        except InvalidImage as err:
-            return digest, str(err)
+    def process(item: tuple[str, str, int]) -> tuple[str | None, np.ndarray | str]:
+        """-> (sha256 of the bytes or None, image or the reason it is skipped)."""
+        key, _, size = item
+        if size > cfg.max_object_bytes:
+            return None, _too_large(size, cfg)
+        with object_bytes.hold(size):
+            body = fetch(item)
+            if isinstance(body, str):
+                return None, body
+            digest = hashlib.sha256(body).hexdigest()
+            try:
+                with pixels.hold(decoded_pixels(body, resolution=cfg.resolution, max_pixels=cfg.max_pixels)):
+                    return digest, (decoders.run(decode, body) if decoders else decode(body))
+            except InvalidImage as err:
+                return digest, str(err)
+            except DecoderCrashed as err:
+                log.warning("skipping %s: %s", key, err)
+                return digest, str(err)
+            except MemoryError:
+                return digest, "out of memory while decoding"
 
     try:
         with ThreadPoolExecutor(cfg.download_workers) as pool:
@@ -164,7 +216,7 @@ def ingest_dataset(cfg: DataConfig) -> DatasetVersion:
             # a few objects per download thread in memory at any time.
             results = _ordered_bounded(pool, process, manifest, window=4 * cfg.download_workers)
             for (key, _, _), (digest, result) in zip(manifest, results):
-                if digest in seen:
+                if digest is not None and digest in seen:
                     skipped.append({"key": key, "reason": "duplicate"})
                 elif isinstance(result, str):
                     skipped.append({"key": key, "reason": result})
@@ -182,7 +234,7 @@ def ingest_dataset(cfg: DataConfig) -> DatasetVersion:
         publish(staging, final, cfg)
     finally:
         if decoders:
-            decoders.shutdown(cancel_futures=True)
+            decoders.shutdown()
         shutil.rmtree(staging, ignore_errors=True)
     log.info("data set %s: %d images, %d skipped, %.1f MB downloaded", version, index["n_images"],
              len(skipped), downloaded / 1e6)

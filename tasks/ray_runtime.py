@@ -3,17 +3,97 @@
 `ray_session()` is the one place that owns Ray's lifetime: steps call `ensure_ray()` when they
 need it, and leaving the session (normally, on an error, on Ctrl-C or SIGTERM) shuts down the
 local instance it started, its workers with it. A cluster is never shut down, only left.
+
+The local instance is for this machine only:
+- every server in it (GCS, raylet, workers, agents, this driver) listens on 127.0.0.1 only, and
+  it requires Ray's token authentication (other local users share loopback);
+- the dashboard starts only with `train.dashboard: true`, and then on 127.0.0.1;
+- torch.distributed's rendezvous store, which Ray Train's rank 0 starts and which listens on all
+  interfaces whatever its host name, is bound to 127.0.0.1 (`rendezvous_on_loopback`);
+- a watchdog process (tasks/watchdog.py) kills what is left of it when this process dies
+  without shutting it down (SIGKILL, a crash).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import sys
+from pathlib import Path
 from typing import Iterator
 
+from gan_model.errors import GanflowError
+from tasks import watchdog
 
-def ensure_ray(num_cpus_needed: float = 1) -> None:
+LOOPBACK = "127.0.0.1"
+# Read by Ray when it is imported (so set before that): with it Ray takes the machine to be a
+# single node and resolves its address to loopback, and the C++ servers then bind 127.0.0.1 only.
+# Without it, ray.init(_node_ip_address="127.0.0.1") is turned into the routable address and
+# every server listens on all interfaces. Token auth is Ray's default from 2.60; 2.52+ has it.
+# NCCL (GPU training) otherwise bootstraps over the first non-loopback interface.
+LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token", "NCCL_SOCKET_IFNAME": "lo"}
+
+_watchdog: subprocess.Popen | None = None
+
+
+def prepare_local_ray_env() -> None:
+    """Call before importing ray: the environment a local instance needs to stay on loopback.
+    Nothing changes when RAY_ADDRESS names a cluster, or for variables the user set."""
+    if not os.environ.get("RAY_ADDRESS"):
+        for key, value in LOCAL_RAY_ENV.items():
+            os.environ.setdefault(key, value)
+
+
+def _children(pid: int) -> set[int]:
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:  # no /proc (macOS): no watchdog
+        return set()
+    found = set()
+    for tid in tasks:
+        try:
+            found |= {int(c) for c in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()}
+        except OSError:
+            continue
+    return found
+
+
+def rendezvous_on_loopback() -> None:
+    """Runs at the start of every worker process of the local instance (Ray's
+    worker_process_setup_hook): rank 0's TCPStore, the rendezvous of DDP's process group, listens
+    on 127.0.0.1 only.
+
+    torch's TCPStore server binds the wildcard address; the only way to choose its address is to
+    hand it a socket already bound (`master_listen_fd`). Ray Train creates the store inside
+    init_process_group("env://"), through torch.distributed.rendezvous._create_c10d_store, so that
+    is the function wrapped here. Should a torch release rename it, nothing is wrapped and the
+    listening-socket test names the store.
+    """
+    import importlib
+    import socket
+
+    from torch.distributed import TCPStore
+
+    # The module, not torch.distributed's function of the same name that `import ... as` would give.
+    rendezvous = importlib.import_module("torch.distributed.rendezvous")
+
+    create = getattr(rendezvous, "_create_c10d_store", None)
+    if create is None or getattr(create, "loopback", False):
+        return
+
+    def create_on_loopback(hostname, port, rank, world_size, timeout, use_libuv=True):
+        if rank != 0 or hostname not in (LOOPBACK, "localhost"):
+            return create(hostname, port, rank, world_size, timeout, use_libuv)
+        listener = socket.create_server((LOOPBACK, port))
+        return TCPStore(hostname, port, world_size, True, timeout, multi_tenant=True,
+                        master_listen_fd=listener.detach(), use_libuv=use_libuv)
+    create_on_loopback.loopback = True
+    rendezvous._create_c10d_store = create_on_loopback
+
+
+def ensure_ray(num_cpus_needed: float = 1, dashboard: bool = False) -> None:
+    prepare_local_ray_env()
     import ray
 
     if ray.is_initialized():
@@ -23,11 +103,20 @@ def ensure_ray(num_cpus_needed: float = 1) -> None:
     address = os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, **quiet)
-    else:
-        # A local instance sized to the machine (never fewer CPUs than the workers ask for).
-        # With the dashboard (ray[default]) users can watch the workers at
-        # http://127.0.0.1:8265, and Ray Train's cleanup actor can query actor state.
-        ray.init(num_cpus=max(os.cpu_count() or 1, int(num_cpus_needed + 0.999)), **quiet)
+        return
+    before = _children(os.getpid())
+    # A local instance sized to the machine (never fewer CPUs than the workers ask for).
+    ray.init(num_cpus=max(os.cpu_count() or 1, int(num_cpus_needed + 0.999)), _node_ip_address=LOOPBACK,
+             include_dashboard=dashboard, dashboard_host=LOOPBACK,
+             runtime_env={"worker_process_setup_hook": rendezvous_on_loopback}, **quiet)
+    global _watchdog
+    _watchdog = watchdog.start(_children(os.getpid()) - before)  # the processes ray.init just started
+    address = ray.util.get_node_ip_address()
+    if address != LOOPBACK:
+        shutdown_ray()
+        raise GanflowError(f"the local Ray instance would listen on {address}, not only on {LOOPBACK}: "
+                           f"let ganflow import ray (or set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before importing "
+                           f"it), or set RAY_ADDRESS to a cluster")
 
 
 def shutdown_ray() -> None:
@@ -35,6 +124,9 @@ def shutdown_ray() -> None:
         import ray
         if ray.is_initialized():
             ray.shutdown()
+    global _watchdog
+    watchdog.stop(_watchdog)  # it kills any straggler of the instance just shut down, then exits
+    _watchdog = None
 
 
 @contextlib.contextmanager

@@ -4,7 +4,10 @@
 - `atomic_write(path, data)`: a unique temp name beside the file, fsync, rename;
 - `staged(dest)`: the same for a folder or a file written by someone else (a download);
 - `fetch_file_once` / `fetch_folder_once`: an S3 object or prefix copied once into the local
-  cache; concurrent fetches on one machine race harmlessly (the first rename wins);
+  cache, checked by the caller's `verify` before it is given its final name; concurrent fetches
+  on one machine race harmlessly (the first rename wins);
+- `read_cached_object(path, size, etag)`: a cached object, only when it still matches its listing;
+- `sweep_stale_parts(folder)`: temp files and folders left by killed writers;
 - `publish_folder(staging, uri)`: a complete folder made visible at a local path or S3 prefix,
   its index last, so a reader that finds the index finds everything.
 
@@ -15,11 +18,14 @@ and nothing half-written is ever visible under the final name.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import re
 import shutil
+import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from tasks.s3 import make_client, parse_s3_uri, s3_errors
 
@@ -88,51 +94,110 @@ def atomic_write(path: str | Path, data: bytes) -> Path:
     return path
 
 
-def fetch_file_once(uri: str, dest: Path, cfg: "DataConfig") -> Path:
-    """The S3 object at `uri` as the local file `dest` (downloaded only when `dest` is missing)."""
+def _writer_alive(part: Path) -> bool:
+    match = re.search(r"\.(\d+)-[0-9a-f]{8}" + re.escape(PART_SUFFIX) + "$", part.name)
+    if not match:
+        return False
+    try:
+        os.kill(int(match.group(1)), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def sweep_stale_parts(folder: Path, older_than_s: float = 3600) -> int:
+    """Remove temp files and folders (`*.part`) under `folder` that a killed writer left behind:
+    older than `older_than_s` and named after a process that no longer runs. -> how many."""
+    swept = 0
+    for part in Path(folder).rglob(f"*{PART_SUFFIX}") if Path(folder).is_dir() else ():
+        try:
+            if time.time() - part.lstat().st_mtime < older_than_s or _writer_alive(part):
+                continue
+            shutil.rmtree(part) if part.is_dir() and not part.is_symlink() else part.unlink()
+            swept += 1
+        except FileNotFoundError:  # another sweeper was first
+            continue
+    return swept
+
+
+def is_plain_md5(etag: str) -> bool:
+    """An ETag that is the object's MD5 (a single-part upload without SSE-KMS/SSE-C: those look the
+    same, so a mismatch only ever costs a second download, never a skip)."""
+    return re.fullmatch(r"[0-9a-f]{32}", etag) is not None
+
+
+def read_cached_object(path: Path, size: int, etag: str) -> bytes | None:
+    """The cached copy of an object, or None when it is missing or no longer matches its listing
+    (a disk that lost a write can leave an empty or short file under the final name); a bad copy
+    is removed so it is downloaded again."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    if len(data) == size and (not is_plain_md5(etag) or hashlib.md5(data).hexdigest() == etag):
+        return data
+    path.unlink(missing_ok=True)
+    return None
+
+
+def fetch_file_once(uri: str, dest: Path, cfg: "DataConfig", verify: Callable[[Path], None] | None = None) -> Path:
+    """The S3 object at `uri` as the local file `dest` (downloaded only when `dest` is missing).
+
+    `verify(path)` runs on the download before it gets its final name and raises to refuse it.
+    """
     if dest.is_file():
         return dest
     bucket, key = parse_s3_uri(uri)
-    with s3_errors("download", uri, cfg.endpoint_url), staged(dest) as tmp:
-        make_client(cfg.endpoint_url, cfg.region).download_file(bucket, key, str(tmp))
+    with staged(dest) as tmp:
+        with s3_errors("download", uri, cfg.endpoint_url):
+            make_client(cfg.endpoint_url, cfg.region).download_file(bucket, key, str(tmp))
+        if verify:
+            verify(tmp)
     return dest
 
 
 def fetch_folder_once(uri: str, dest: Path, cfg: "DataConfig", names: Iterable[str] | None = None,
-                      complete_marker: str | None = None) -> Path:
+                      complete_marker: str | None = None, verify: Callable[[Path], None] | None = None) -> Path:
     """The flat S3 prefix `uri` (or just `names` under it) as the local folder `dest`.
 
     The folder counts as present when `complete_marker` (default: any content) exists in it.
+    `verify(folder)` runs on the complete download before it gets its final name and raises to
+    refuse it.
     """
     marker = dest / complete_marker if complete_marker else dest
     if marker.exists():
         return dest
     bucket, prefix = parse_s3_uri(uri.rstrip("/") + "/")
     client = make_client(cfg.endpoint_url, cfg.region)
-    with s3_errors("download", uri, cfg.endpoint_url), staged(dest, folder=True) as tmp:
-        if names is None:
-            names = [obj["Key"][len(prefix):]
-                     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-                     for obj in page.get("Contents", [])]
-        for name in names:
-            if name and "/" not in name and name not in (".", ".."):  # flat folders only
-                client.download_file(bucket, prefix + name, str(tmp / name))
+    with staged(dest, folder=True) as tmp:
+        with s3_errors("download", uri, cfg.endpoint_url):
+            if names is None:
+                names = [obj["Key"][len(prefix):]
+                         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+                         for obj in page.get("Contents", [])]
+            for name in names:
+                if name and "/" not in name and name not in (".", ".."):  # flat folders only
+                    client.download_file(bucket, prefix + name, str(tmp / name))
+        if verify:
+            verify(tmp)
     return dest
 
 
 def cache_path(uri: str, cfg: "DataConfig", kind: str, suffix: str = "") -> Path:
     """Where the local copy of `uri` lives in the cache (a hash of the URI, never the URI itself)."""
-    import hashlib
-
     return Path(cfg.cache_dir).expanduser().resolve() / kind / (hashlib.sha256(uri.encode()).hexdigest()[:16] + suffix)
 
 
-def local_folder(uri: str, cfg: "DataConfig", kind: str, marker: str, names: Iterable[str] | None = None) -> Path:
+def local_folder(uri: str, cfg: "DataConfig", kind: str, marker: str, names: Iterable[str] | None = None,
+                 verify: Callable[[Path], None] | None = None) -> Path:
     """A local folder with the content at `uri`: the path itself when local, else a copy fetched
-    once into `<cache_dir>/<kind>/` (complete when it holds `marker`)."""
+    once into `<cache_dir>/<kind>/` (complete when it holds `marker`, checked by `verify`)."""
     if not is_s3(uri):
         return Path(uri)
-    return fetch_folder_once(uri, cache_path(uri, cfg, kind), cfg, names=names, complete_marker=marker)
+    return fetch_folder_once(uri, cache_path(uri, cfg, kind), cfg, names=names, complete_marker=marker,
+                             verify=verify)
 
 
 def publish_folder(staging: Path, uri: str, cfg: "DataConfig", index: str) -> None:

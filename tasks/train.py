@@ -220,9 +220,6 @@ def train_gan(cfg: GanflowConfig, dataset: DatasetVersion, *,
     is shipped to the workers by value, so it must be picklable. `on_report(metrics,
     checkpoint_uri)` runs on the driver for each of rank 0's reports, in order.
     """
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     tc = cfg.train
     if dataset.n_images < tc.batch_size * tc.num_workers:
         raise GanflowError(
@@ -231,7 +228,9 @@ def train_gan(cfg: GanflowConfig, dataset: DatasetVersion, *,
     resources = dict(tc.resources_per_worker) or {"CPU": 1}
     if tc.use_gpu:
         resources.setdefault("GPU", 1)
-    ensure_ray(resources.get("CPU", 1) * tc.num_workers)
+    ensure_ray(resources.get("CPU", 1) * tc.num_workers, dashboard=tc.dashboard)  # before Ray is imported
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
 
     storage_path, filesystem = storage(cfg)
     name = run_name(cfg, dataset)

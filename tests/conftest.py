@@ -29,6 +29,9 @@ for var in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "RAY_ADDRESS", "AWS_PROFIL
 
 from infra.s3_server import LOCAL_CREDENTIALS, LocalS3Server  # noqa: E402
 from tests.helpers import ROOT, clean_env  # noqa: E402
+from tasks.ray_runtime import prepare_local_ray_env  # noqa: E402
+
+prepare_local_ray_env()  # as the CLI does: any Ray these tests start stays on loopback
 
 os.environ.update(LOCAL_CREDENTIALS)
 

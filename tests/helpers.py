@@ -117,3 +117,29 @@ def register_fake(cfg, folder: Path, fid: float, *, key: str = "P1", seed: int =
     dataset = DatasetVersion(uri=str(folder / "no-such-dataset"), version=dataset_version, n_images=10,
                              resolution=16, channels=1)
     return register_generator(cfg, dataset, TrainResult(checkpoint_uri="unused", run_name="fake", steps=1), evaluation)
+
+
+def bomb_png(width: int, height: int, color_type: int = 0) -> bytes:
+    """A real decompression bomb: a valid PNG of `width` x `height` zero pixels (grey, or RGBA
+    with color_type=6), compressed about 1000:1 and built row by row, so writing it never holds
+    the image in memory."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    row = bytes(1 + width * (4 if color_type == 6 else 1))  # filter byte 0, then zero samples
+    z = zlib.compressobj(9)
+    idat = b"".join(z.compress(row) for _ in range(height)) + z.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def fake_program(folder: Path, name: str) -> Path:
+    """An executable `name` in `folder` that only records that it ran (folder/<name>.called)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    exe = folder / name
+    exe.write_text(f"#!/bin/sh\ntouch '{folder / (name + '.called')}'\nexit 1\n")
+    exe.chmod(0o755)
+    return exe

@@ -10,7 +10,8 @@ from gan_model.config import (DataConfig, EvalConfig, EvalProtocol, GanflowConfi
 # One valid value different from the default for every field of every section. A field added to
 # a section without an entry here fails `test_every_field_has_an_alternative`.
 ALTERNATIVES = {
-    "data": {"resolution": 64, "channels": 3, "small_images": "skip", "max_pixels": 1000, "max_images": 7,
+    "data": {"resolution": 64, "channels": 3, "small_images": "skip", "max_pixels": 1000, "max_object_bytes": 1000,
+             "max_images": 7,
              "source": "s3://other-bucket/x/", "endpoint_url": "http://127.0.0.1:9", "region": "eu-west-1",
              "embedded_server": "never", "seed_dataset": "digits", "processed_uri": "/tmp/elsewhere",
              "cache_dir": "/tmp/cache-elsewhere", "shard_size": 7, "download_workers": 3, "decode_processes": 0,
@@ -20,10 +21,10 @@ ALTERNATIVES = {
               "base_batch": 3, "beta1": 0.1, "beta2": 0.5, "ema_decay": 0.5, "seed": 3, "use_gpu": True,
               "resources_per_worker": {"CPU": 3}, "checkpoint_every": 3, "keep_checkpoints": 3, "log_every": 3,
               "max_failures": 3, "storage_path": "/tmp/ray-elsewhere", "threads_per_worker": 3,
-              "timeout_s": 7, "if_busy": "skip"},
+              "timeout_s": 7, "if_busy": "skip", "dashboard": True},
     "eval": {"fid_weights": "random", "n_generated": 300, "n_reference": 300, "kid_subset_size": 50,
              "kid_subsets": 3, "seed": 3, "batch_size": 3, "grid_size": 3, "output_dir": "/tmp/eval-elsewhere",
-             "num_workers": 3, "timeout_s": 7},
+             "num_workers": 3, "timeout_s": 7, "fid_weights_sha256": "a" * 64},
 }
 SECTIONS = {"data": (DataConfig, Preprocessing), "train": (TrainConfig, TrainRecipe),
             "eval": (EvalConfig, EvalProtocol), "model": (ModelConfig, ModelConfig)}

@@ -92,6 +92,26 @@ def test_fid_command_between_two_folders(tmp_path, run_cli):
     missing = run_cli("fid", str(tmp_path / "a"), str(tmp_path / "nope"), "--weights", "random")
     assert_one_line_error(missing, 2, "does not exist")
 
+    # Reference statistics saved once and reused, under the same (fixed) weights file; 4 images a
+    # side keep it to a few seconds of Inception on a CPU.
+    from gan_model.errors import UsageError
+    from gan_model.inception import InceptionFeatures, make_random_weights, sha256_file
+    from tasks.evaluate import fid_between_folders
+    for name, part in (("a4", imgs[:4]), ("b4", imgs[12:16])):
+        (tmp_path / name).mkdir()
+        for i, img in enumerate(part):
+            Image.fromarray(img).save(tmp_path / name / f"{i}.png")
+    net = InceptionFeatures(make_random_weights(tmp_path / "random.pth"), batch_size=4)
+    net.calibrate_batchnorm([imgs[16:20, None]])
+    weights = str(net.save_weights(tmp_path / "fixed.pth"))
+    sha = sha256_file(weights)
+    direct = fid_between_folders(tmp_path / "a4", tmp_path / "b4", weights, 4, weights_sha256=sha,
+                                 save_stats=tmp_path / "ref.npz")
+    reused = fid_between_folders(tmp_path / "a4", None, weights, 4, weights_sha256=sha, stats=tmp_path / "ref.npz")
+    assert reused["fid"] == pytest.approx(direct["fid"], rel=1e-9) and reused["n_reference"] == 4
+    with pytest.raises(UsageError, match="need fixed Inception weights"):
+        fid_between_folders(tmp_path / "a4", None, "random", 4, stats=tmp_path / "ref.npz")
+
 
 @pytest.mark.slow
 def test_ctrl_c_stops_the_ray_workers(tmp_path):

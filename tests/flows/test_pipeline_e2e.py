@@ -86,7 +86,9 @@ def test_pipeline_registers_evaluates_promotes_and_is_idempotent(prefect_harness
     assert len(ref_cache) == 1
     cached_at = ref_cache[0].stat().st_mtime_ns
     capsys.readouterr()
-    assert main(["evaluate", "--model", f"models:/{name}/1", "--json"]) == 0
+    # Locations come from the caller, never from the registered run (only its protocol does).
+    assert main(["evaluate", "--model", f"models:/{name}/1", "--set", f"data.processed_uri={tmp_path / 'datasets'}",
+                 "--set", f"eval.output_dir={tmp_path / 'eval'}", "--json"]) == 0
     evaluated = json.loads(capsys.readouterr().out)
     assert evaluated["recorded_fid"] == pytest.approx(first["fid"], rel=1e-6)
     assert evaluated["fid"] == pytest.approx(first["fid"], rel=1e-4)

@@ -1,10 +1,11 @@
 import io
+import os
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from gan_model.images import InvalidImage, decode_image, make_grid
+from gan_model.images import InvalidImage, decode_image, decoded_pixels, make_grid
 from tests.helpers import png
 
 
@@ -92,3 +93,82 @@ def test_grid_tiles_images():
     grid = make_grid(imgs, nrow=3, padding=1)
     assert grid.shape == (1 + 2 * 5, 1 + 3 * 5, 1)
     assert grid[6:10, 1:5].min() == 255 and grid[1:5, 1:5].max() == 0
+
+
+def test_formats_outside_the_allowlist_never_reach_their_decoder(tmp_path, monkeypatch):
+    """EPS would make Pillow run Ghostscript: it is skipped from its magic bytes, and a `gs` on PATH
+    never runs."""
+    from PIL import EpsImagePlugin
+
+    from tests.helpers import fake_program
+    gs = fake_program(tmp_path / "bin", "gs")
+    monkeypatch.setenv("PATH", f"{gs.parent}:{os.environ['PATH']}")
+    monkeypatch.setattr(EpsImagePlugin, "gs_binary", None)  # let Pillow look for gs again
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\n0 0 moveto 64 64 lineto stroke\nshowpage\n"
+    with pytest.raises(InvalidImage, match="unsupported format EPS"):
+        decode(eps)
+    with pytest.raises(InvalidImage, match="unsupported format EPS"):
+        decoded_pixels(eps, resolution=16, max_pixels=10**6)
+    assert not (gs.parent / "gs.called").exists()
+
+
+def test_a_real_bomb_is_rejected_from_its_header_whatever_the_warnings_filter():
+    import warnings
+
+    from tests.helpers import bomb_png
+    bomb = bomb_png(6000, 6000)  # 36 megapixels in about 36 KB
+    assert len(bomb) < 100_000
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # what another thread may do at any time
+        with pytest.raises(InvalidImage, match="too many pixels"):
+            decode(bomb, max_pixels=16_000_000)
+        with pytest.raises(InvalidImage, match="too many pixels"):
+            decoded_pixels(bomb, resolution=16, max_pixels=16_000_000)
+    # Past twice Pillow's own limit, Pillow refuses to even open it.
+    with pytest.raises(InvalidImage, match="decompression bomb"):
+        decode(bomb_png(14000, 14000), max_pixels=10**9)
+
+
+def test_large_jpegs_decode_at_reduced_scale_with_the_same_result():
+    rng = np.random.default_rng(0)
+    smooth = np.asarray(Image.fromarray(rng.integers(0, 255, (30, 40), dtype=np.uint8)).resize(
+        (1600, 1200), Image.Resampling.BICUBIC))
+    buf = io.BytesIO(); Image.fromarray(smooth).save(buf, format="JPEG", quality=95)
+    pixels = decoded_pixels(buf.getvalue(), resolution=32, max_pixels=10**8)
+    assert pixels == 200 * 150  # draft: 1/8 scale still leaves more than twice the target side
+    reference = np.asarray(Image.fromarray(smooth).crop((200, 0, 1400, 1200)).resize((32, 32), Image.Resampling.LANCZOS))
+    out = decode(buf.getvalue(), resolution=32)[0]
+    assert np.abs(out.astype(int) - reference).mean() < 2
+
+
+def test_large_pngs_are_reduced_before_conversion_with_the_same_result():
+    rng = np.random.default_rng(1)
+    smooth = np.asarray(Image.fromarray(rng.integers(0, 255, (30, 30, 3), dtype=np.uint8)).resize(
+        (1200, 1200), Image.Resampling.BICUBIC))
+    reference = np.asarray(Image.fromarray(smooth).convert("L").resize((32, 32), Image.Resampling.LANCZOS))
+    out = decode(png(smooth), resolution=32)[0]
+    assert np.abs(out.astype(int) - reference).mean() < 1
+
+
+def test_folders_are_streamed_with_the_ingest_limits_and_never_left_through_symlinks(tmp_path):
+    from gan_model.images import folder_batches, folder_files
+    from tests.helpers import bomb_png
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.png").write_bytes(png(gradient()))
+    folder = tmp_path / "images"
+    (folder / "sub").mkdir(parents=True)
+    for i in range(5):
+        (folder / f"{i}.png").write_bytes(png(gradient(40 + i % 2, 30)))
+    (folder / "sub" / "deep.png").write_bytes(png(gradient()))
+    (folder / "inside-link.png").symlink_to(folder / "0.png")  # stays inside: used
+    (folder / "escape.png").symlink_to(outside / "secret.png")  # leads out: skipped
+    (folder / "escape-dir").symlink_to(outside, target_is_directory=True)  # not descended into
+    (folder / "bomb.png").write_bytes(bomb_png(6000, 6000))
+    (folder / "big.png").write_bytes(png(np.random.default_rng(0).integers(0, 255, (300, 300), dtype=np.uint8)))
+    (folder / "figure.eps").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n")
+    names = {p.name for p in folder_files(folder)}
+    assert "escape.png" not in names and "secret.png" not in names and {"inside-link.png", "deep.png"} <= names
+    batches = list(folder_batches(folder, 3, max_pixels=16_000_000, max_bytes=50_000))
+    assert sum(len(b) for b in batches) == 7  # 5 + deep + inside-link; no bomb, big file, EPS or escape
+    assert all(b.dtype == np.uint8 and b.shape[1] == 3 and len(b) <= 3 for b in batches)

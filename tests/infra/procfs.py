@@ -79,3 +79,58 @@ def wait_until(condition, timeout: float, step: float = 0.2) -> bool:
             return True
         time.sleep(step)
     return condition()
+
+
+def start_time(pid: int) -> int | None:
+    """Clock ticks after boot at which `pid` started: tells a process from a later one with its pid."""
+    fields = _stat(pid)
+    return int(fields[19]) if fields else None
+
+
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def _decode_address(hex_address: str) -> str:
+    import socket
+    raw = bytes.fromhex(hex_address)
+    raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))  # each 32-bit word is little-endian
+    return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
+
+
+def listening_sockets(pids) -> set[tuple[str, int, int]]:
+    """(address, port, pid) of every TCP socket in LISTEN state held by one of `pids`."""
+    listening = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A":  # LISTEN
+                address, hexport = fields[1].rsplit(":", 1)
+                listening[fields[9]] = (_decode_address(address), int(hexport, 16))  # by socket inode
+    found = set()
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:[") and target[8:-1] in listening:
+                found.add((*listening[target[8:-1]], pid))
+    return found
+
+
+def is_loopback(address: str) -> bool:
+    import ipaddress
+    ip = ipaddress.ip_address(address)
+    return ip.is_loopback or (ip.version == 6 and ip.ipv4_mapped is not None and ip.ipv4_mapped.is_loopback)

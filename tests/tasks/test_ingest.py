@@ -1,6 +1,11 @@
 """Ingest against a real S3-compatible server on loopback."""
 
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +103,22 @@ def test_processed_data_can_live_in_s3(s3, s3_server, bucket, tmp_path):
     local = materialize(ds.uri, cfg)
     assert len(ShardedImages(local)) == 30 and materialize(ds.uri, cfg) == local
 
+    # Another machine (a fresh cache) refuses a tampered shard, and a poisoned index before any
+    # download; nothing of either is kept.
+    from gan_model.shards import InvalidDataset
+    other = cfg.model_copy(update={"cache_dir": str(tmp_path / "other-cache")})
+    key = f"processed/{ds.version}/shard-00001.npy"
+    shard = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    s3.put_object(Bucket=bucket, Key=key, Body=shard[:-1] + bytes([shard[-1] ^ 1]))
+    with pytest.raises(InvalidDataset, match="shard sha256 does not match the index"):
+        materialize(ds.uri, other)
+    index = json.loads(s3.get_object(Bucket=bucket, Key=f"processed/{ds.version}/index.json")["Body"].read())
+    index["shards"][0]["file"] = "../../../../escape.npy"
+    s3.put_object(Bucket=bucket, Key=f"processed/{ds.version}/index.json", Body=json.dumps(index).encode())
+    with pytest.raises(InvalidDataset, match="invalid index field shards.0.file"):
+        materialize(ds.uri, other)
+    assert not [p for p in (tmp_path / "other-cache").rglob("*") if p.is_file()]
+
 
 def test_a_killed_ingest_leaves_no_partial_version_and_a_rerun_completes(s3, s3_server, bucket, tmp_path):
     import os
@@ -149,10 +170,32 @@ def _encoded(img, fmt, **kw):
     return buf.getvalue()
 
 
-def test_a_bucket_of_hostile_files_is_ingested_with_a_reason_for_each_skip(s3, s3_server, bucket, tmp_path):
-    """Every bad case in one prefix: the good ones are converted, the bad ones listed, nothing crashes."""
-    from PIL import Image
-    base = digits(12, size=24)
+def assert_only_hashed_layout(root: Path) -> None:
+    """Every file under `root` is a cache object named by its hash or a published shard or index:
+    no object key ever became a path."""
+    for path in root.rglob("*"):
+        rel = path.relative_to(root).parts
+        if path.is_dir():
+            assert rel[0] in ("cache", "ds") and len(rel) <= 3, rel
+            continue
+        if rel[0] == "cache":
+            assert len(rel) == 4 and rel[1] == "objects" and re.fullmatch(r"[0-9a-f]{64}", rel[3]) \
+                and rel[2] == rel[3][:2], rel
+        else:
+            assert len(rel) == 3 and rel[0] == "ds" and re.fullmatch(r"shard-\d{5}\.npy|index\.json", rel[2]), rel
+
+
+def test_a_bucket_of_hostile_files_is_ingested_with_a_reason_for_each_skip(s3, s3_server, bucket, tmp_path,
+                                                                           monkeypatch):
+    """Every bad case in one prefix: the good ones are converted, the bad ones listed, nothing crashes,
+    no key becomes a path and no decoder outside the allowlist runs."""
+    from PIL import EpsImagePlugin, Image
+
+    from tests.helpers import fake_program
+    gs = fake_program(tmp_path.parent / f"{tmp_path.name}-bin", "gs")  # Ghostscript, as Pillow finds it
+    monkeypatch.setenv("PATH", f"{gs.parent}:{os.environ['PATH']}")
+    monkeypatch.setattr(EpsImagePlugin, "gs_binary", None)
+    base = digits(16, size=24)
     good = {
         "rgb.png": _encoded(Image.fromarray(np.stack([base[0]] * 3, -1)), "PNG"),
         "grey.jpg": _encoded(Image.fromarray(base[1]), "JPEG", quality=95),
@@ -167,6 +210,10 @@ def test_a_bucket_of_hostile_files_is_ingested_with_a_reason_for_each_skip(s3, s
         "small.png": png(base[9][:8, :8]),  # upscaled (data.small_images=upscale)
         "odd name ü %.png": png(base[10]),
         "/abs/../../escape.png": png(base[11]),
+        "../../../../../../tmp/ganflow-escape.png": png(base[12]),
+        "//etc/ganflow-passwd.png": png(base[13]),
+        "..\\..\\windows.png": png(base[14]),
+        "%2e%2e/%2e%2e/encoded.png": png(base[15]),
     }
     bad = {
         "zero.png": (b"", "empty file"),
@@ -174,6 +221,7 @@ def test_a_bucket_of_hostile_files_is_ingested_with_a_reason_for_each_skip(s3, s
         "text.png": (b"<html>not an image</html>", "not a decodable image"),
         "bomb.png": (png(np.zeros((400, 400), np.uint8)), "too many pixels"),
         "zz-copy-of-rgb.png": (good["rgb.png"], "duplicate"),
+        "figure.eps": (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\nshowpage\n", "unsupported format EPS"),
     }
     for key, body in list(good.items()) + [(k, v[0]) for k, v in bad.items()]:
         s3.put_object(Bucket=bucket, Key=f"h/{key}", Body=body)
@@ -182,7 +230,10 @@ def test_a_bucket_of_hostile_files_is_ingested_with_a_reason_for_each_skip(s3, s
     assert ds.n_images == len(good), reasons
     for key, (_, reason) in bad.items():
         assert reasons[key].startswith(reason), (key, reasons[key])
+    assert not (gs.parent / "gs.called").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "ds"]  # nothing escaped the cache
+    assert_only_hashed_layout(tmp_path)
+    assert not Path("/tmp/ganflow-escape.png").exists() and not Path("/etc/ganflow-passwd.png").exists()
     strict = ingest_dataset(data_cfg(tmp_path / "strict", f"s3://{bucket}/h/", s3_server.url,
                                      "data.small_images=skip", "data.max_pixels=100000"))
     assert strict.n_images == len(good) - 1 and any(r.startswith("smaller than the target") for r in strict.skipped)
@@ -208,3 +259,103 @@ def test_access_denied_is_named(tmp_path):
                 check_source(data_cfg(tmp_path, "s3://any-bucket/x/", strict.url))
         finally:
             os.environ.update({k: v for k, v in old.items() if v is not None})
+
+
+def test_objects_over_the_size_limit_are_skipped_without_being_downloaded(s3, s3_server, bucket, tmp_path):
+    upload_images(s3, bucket, "big/", digits(4))
+    s3.put_object(Bucket=bucket, Key="big/huge.png", Body=png(np.random.default_rng(0).integers(
+        0, 255, (400, 400), dtype=np.uint8)))  # about 160 KB
+    ds = ingest_dataset(data_cfg(tmp_path, f"s3://{bucket}/big/", s3_server.url, "data.max_object_bytes=100000"))
+    assert ds.n_images == 4 and list(ds.skipped) == ["too large (160" + list(ds.skipped)[0][len("too large (160"):]]
+    assert ds.bytes_downloaded < 100_000
+    requests = Path(s3_server.log_path).read_text()
+    assert f"GET /{bucket}/big/00000.png " in requests and f"/{bucket}/big/huge.png " not in requests.replace(
+        f"PUT /{bucket}/big/huge.png ", "")
+
+
+def test_objects_deleted_or_replaced_after_listing_are_skipped(s3, s3_server, bucket, tmp_path, monkeypatch):
+    import tasks.ingest
+    images = digits(6)
+    upload_images(s3, bucket, "race/", images)
+    real_listing = tasks.ingest.list_manifest
+
+    def listing_then_changes(*args, **kwargs):  # someone edits the bucket between LIST and GET
+        manifest = real_listing(*args, **kwargs)
+        s3.delete_object(Bucket=bucket, Key="race/00000.png")
+        s3.put_object(Bucket=bucket, Key="race/00001.png", Body=png(images[5].T))
+        return manifest
+    monkeypatch.setattr(tasks.ingest, "list_manifest", listing_then_changes)
+    ds = ingest_dataset(data_cfg(tmp_path, f"s3://{bucket}/race/", s3_server.url))
+    reasons = {s["key"]: s["reason"] for s in json.loads((Path(ds.uri) / "index.json").read_text())["skipped"]}
+    assert ds.n_images == 4 and reasons == {"00000.png": "vanished (deleted after it was listed)",
+                                            "00001.png": "changed during ingest (its ETag no longer matches the listing)"}
+
+
+def test_a_damaged_cache_entry_is_downloaded_again(s3, s3_server, bucket, tmp_path):
+    upload_images(s3, bucket, "c/", digits(5))
+    cfg = data_cfg(tmp_path, f"s3://{bucket}/c/", s3_server.url)
+    first = ingest_dataset(cfg)
+    objects = sorted((tmp_path / "cache" / "objects").glob("*/*"))
+    objects[0].write_bytes(b"")  # what a lost write can leave under the final name
+    objects[1].write_bytes(objects[1].read_bytes()[::-1])  # same size, other bytes: caught by the MD5
+    stale = objects[2].with_name(objects[2].name + ".4242424-0123abcd.part")
+    stale.write_bytes(b"half")
+    os.utime(stale, (1, 1))  # from a writer long gone
+    again = ingest_dataset(data_cfg(tmp_path, f"s3://{bucket}/c/", s3_server.url, "data.resolution=32"))  # a new version
+    assert again.version != first.version and again.n_images == 5 and again.n_skipped == 0
+    assert 0 < again.bytes_downloaded < first.bytes_downloaded  # just the two bad entries
+    assert not stale.exists()
+
+
+CRASH = png(np.full((20, 20), 7, np.uint8))
+
+
+def crashing_decoder(data: bytes, **kwargs):
+    """decode_image, except that one image kills the process decoding it (as a decoder segfault would)."""
+    from gan_model.images import decode_image
+    if data == CRASH:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return decode_image(data, **kwargs)
+
+
+def test_a_crashing_decoder_process_costs_one_named_object(s3, s3_server, bucket, tmp_path):
+    upload_images(s3, bucket, "crash/", digits(12))
+    s3.put_object(Bucket=bucket, Key="crash/0000-poison.png", Body=CRASH)
+    cfg = data_cfg(tmp_path, f"s3://{bucket}/crash/", s3_server.url, "data.decode_processes=2")
+    ds = ingest_dataset(cfg, decoder=crashing_decoder)
+    reasons = {s["key"]: s["reason"] for s in json.loads((Path(ds.uri) / "index.json").read_text())["skipped"]}
+    assert ds.n_images == 12 and reasons == {"0000-poison.png": "decoder process crashed (killed by SIGKILL)"}
+
+
+BOMB_INGEST = """
+import json, resource, sys
+from gan_model.config import build_config
+from tasks.ingest import ingest_dataset
+cfg = build_config({}, sys.argv[1:]).data
+ds = ingest_dataset(cfg)
+print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "skipped": ds.skipped,
+                  "n_images": ds.n_images}))
+"""
+
+
+def test_decompression_bombs_are_skipped_with_bounded_memory(s3, s3_server, bucket, tmp_path):
+    """A real bomb (144 megapixels in 140 KB) is skipped from its header, and a prefix of images just
+    under the pixel limit (64 MB each once decoded, 62 KB on the wire) is decoded a few at a time,
+    whatever the number of threads: the ingest's peak RSS stays bounded."""
+    from tests.helpers import ROOT, bomb_png
+    s3.put_object(Bucket=bucket, Key="bombs/000-huge.png", Body=bomb_png(12_000, 12_000))
+    near_limit = bomb_png(4000, 3999, color_type=6)
+    for i in range(16):
+        s3.put_object(Bucket=bucket, Key=f"bombs/{i + 1:03d}-near.png", Body=near_limit)
+    args = [f"data.source=s3://{bucket}/bombs/", f"data.endpoint_url={s3_server.url}",
+            f"data.processed_uri={tmp_path / 'ds'}", f"data.cache_dir={tmp_path / 'cache'}",
+            "data.download_workers=16", "data.decode_processes=0"]  # decoded in this process's threads
+    proc = subprocess.run([sys.executable, "-c", BOMB_INGEST, *args], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    assert result["n_images"] == 1 and result["skipped"] == {"too many pixels (12000x12000 > data.max_pixels=16000000)": 1,
+                                                           "duplicate": 15}
+    # 16 threads each decoding a 64 MB RGBA image (128 MB with its premultiplied copy) would need
+    # over 2 GB; the pixel budget (4 x data.max_pixels) lets 4 decode at once.
+    assert result["peak_mb"] < 900, result

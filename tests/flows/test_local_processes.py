@@ -1,0 +1,87 @@
+"""`ganflow run` on the embedded default, as a new user runs it: while it runs, every listening
+socket of its process tree (the S3 server, Prefect's API, Ray's GCS, raylet, agents and workers,
+the driver) is on loopback; SIGKILL of it mid-training leaves none of those processes behind.
+One run serves both tests (about a minute)."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from tests.helpers import SMOKE_CONFIG, clean_env
+from tests.infra.procfs import alive, command_line, descendants, is_loopback, listening_sockets, start_time
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def killed_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("killed-run")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "run", "--config", str(SMOKE_CONFIG), "--set", "train.steps=100000"],
+        cwd=tmp, env=clean_env(tmp), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+    log: list[str] = []
+    training = threading.Event()
+
+    def read_stderr() -> None:
+        for line in proc.stderr:
+            log.append(line)
+            if "[ganflow] step" in line:
+                training.set()
+    threading.Thread(target=read_stderr, daemon=True).start()
+
+    seen: dict[int, tuple[int, str]] = {}  # pid -> (start time, command line)
+    sockets: set[tuple[str, int, int]] = set()
+
+    def sample() -> None:
+        pids = descendants(proc.pid) | {proc.pid}
+        for pid in pids:
+            if pid not in seen and (start := start_time(pid)) is not None:
+                seen[pid] = (start, command_line(pid))
+        sockets.update(listening_sockets(pids))
+
+    deadline = time.monotonic() + 400
+    while not training.is_set() and proc.poll() is None and time.monotonic() < deadline:
+        sample()
+        time.sleep(0.5)
+    for _ in range(4):  # a little more of training: workers, agents and their servers all up
+        sample()
+        time.sleep(0.5)
+    started = training.is_set()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    survivors = {}
+    end = time.monotonic() + 5
+    while time.monotonic() < end:
+        survivors = {pid: cmd for pid, (start, cmd) in seen.items() if alive(pid) and start_time(pid) == start}
+        if not survivors:
+            break
+        time.sleep(0.25)
+    for pid in survivors:  # leave nothing behind, whatever the outcome
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    assert started, "training never started: " + "".join(log[-40:])
+    yield {"processes": seen, "sockets": sockets, "survivors": survivors}
+
+
+def test_every_listening_socket_of_the_run_is_on_loopback(killed_run):
+    commands = killed_run["processes"]
+    exposed = {(addr, port, commands[pid][1][:80]) for addr, port, pid in killed_run["sockets"] if not is_loopback(addr)}
+    assert exposed == set()
+    listeners = {commands[pid][1] for _, _, pid in killed_run["sockets"]}
+    # The check saw the servers it is about.
+    for server in ("moto.server", "gcs_server", "raylet", "dashboard/agent.py", "runtime_env/agent/main.py"):
+        assert any(server in cmd for cmd in listeners), (server, listeners)
+
+
+def test_sigkill_mid_training_leaves_no_process_behind(killed_run):
+    commands = [cmd for _, cmd in killed_run["processes"].values()]
+    assert any("raylet" in cmd for cmd in commands) and any("default_worker.py" in cmd for cmd in commands)
+    assert killed_run["survivors"] == {}
