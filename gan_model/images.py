@@ -85,6 +85,13 @@ def decoded_pixels(data: bytes, *, resolution: int, max_pixels: int) -> int:
     return img.size[0] * img.size[1]
 
 
+def decoded_samples(data: bytes, *, resolution: int, max_pixels: int) -> int:
+    """Pixels times bands (RGBA: 4) a decode will hold at full size: what a memory budget
+    should count, since the copies a decode makes (premultiplied, converted) scale with it."""
+    img, _ = _checked_header(data, max_pixels, resolution)
+    return img.size[0] * img.size[1] * len(img.getbands())
+
+
 def _to_mode(img: Image.Image, channels: int) -> Image.Image:
     if img.mode in ("RGBa", "La"):  # from _load: premultiplied colour is the image over black
         img = Image.merge(img.mode[:-1], img.split()[:-1])

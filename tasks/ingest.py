@@ -29,10 +29,10 @@ import numpy as np
 
 from gan_model.config import DataConfig
 from gan_model.errors import GanflowError
-from gan_model.images import InvalidImage, decode_image, decoded_pixels
+from gan_model.images import InvalidImage, decode_image, decoded_samples
 from gan_model.shards import ShardWriter
 from tasks.datastore import describe, publish, read_published_index, version_uri
-from tasks.decoding import Budget, DecoderCrashed, DecoderPool
+from tasks.decoding import Budget, DecoderCrashed, DecoderPool, return_large_buffers_to_the_os
 from tasks.s3 import make_client, parse_s3_uri, s3_errors
 from tasks.storage import atomic_write, is_s3, read_cached_object, sweep_stale_parts
 from tasks.types import DatasetVersion
@@ -130,6 +130,7 @@ def ingest_dataset(cfg: DataConfig, *, decoder: Callable[..., np.ndarray] = deco
     sweep_stale_parts(cache_dir)
     downloaded = 0
     lock = threading.Lock()
+    return_large_buffers_to_the_os()  # the budgets below bound RSS only if freed buffers leave it
     object_bytes = Budget(BUDGET_OBJECTS * cfg.max_object_bytes)
     pixels = Budget(BUDGET_OBJECTS * cfg.max_pixels)
 
@@ -200,7 +201,9 @@ def ingest_dataset(cfg: DataConfig, *, decoder: Callable[..., np.ndarray] = deco
                 return None, body
             digest = hashlib.sha256(body).hexdigest()
             try:
-                with pixels.hold(decoded_pixels(body, resolution=cfg.resolution, max_pixels=cfg.max_pixels)):
+                # Counted in samples (pixels x bands): four grey images at the pixel limit decode
+                # at once, but one RGBA one, whose copies are four times larger.
+                with pixels.hold(decoded_samples(body, resolution=cfg.resolution, max_pixels=cfg.max_pixels)):
                     return digest, (decoders.run(decode, body) if decoders else decode(body))
             except InvalidImage as err:
                 return digest, str(err)

@@ -94,7 +94,9 @@ def test_pipeline_registers_evaluates_promotes_and_is_idempotent(prefect_harness
     assert evaluated["fid"] == pytest.approx(first["fid"], rel=1e-4)
     assert ref_cache[0].stat().st_mtime_ns == cached_at  # not recomputed
     # ... and under another version's protocol (here the same one), side by side with its FID.
-    assert main(["evaluate", "--model", f"models:/{name}/1", "--protocol-of", f"models:/{name}/2", "--json"]) == 0
+    assert main(["evaluate", "--model", f"models:/{name}/1", "--protocol-of", f"models:/{name}/2",
+                 "--set", f"data.processed_uri={tmp_path / 'datasets'}", "--set", f"eval.output_dir={tmp_path / 'eval'}",
+                 "--json"]) == 0
     compared = json.loads(capsys.readouterr().out)["compared_with"]
     assert compared == {"model_version": "2", "fid": pytest.approx(third["fid"])}
 
