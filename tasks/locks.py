@@ -51,9 +51,26 @@ def exclusive(name: str, *, wait: bool = True) -> Iterator[bool]:
     _ensure_limit(name)
     with contextlib.ExitStack() as stack:
         try:
-            stack.enter_context(concurrency(name, occupy=1, timeout_seconds=None if wait else 1.0, strict=True))
-        except TimeoutError:
+            # wait=False makes exactly one attempt (max_retries=0), however long the API takes to
+            # answer it: a time window (it was 1 s) let two runs on a loaded machine both give up
+            # on a free slot, and neither trained.
+            stack.enter_context(concurrency(name, occupy=1, max_retries=None if wait else 0, strict=True))
+        except Exception as err:
+            if wait or not _held_by_another(err):
+                raise
             log.warning("%s is held by another run: skipping", name)
             yield False
             return
         yield True
+
+
+def _held_by_another(err: BaseException) -> bool:
+    """True when an acquisition failed only because the slot is taken (HTTP 423 Locked); an
+    unreachable API or any other error is not "busy" and must not be mistaken for it."""
+    import httpx
+
+    while err is not None:
+        if isinstance(err, httpx.HTTPStatusError) and err.response.status_code == 423:
+            return True
+        err = err.__cause__ or err.__context__
+    return False
