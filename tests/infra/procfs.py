@@ -6,6 +6,7 @@ import os
 import time
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -44,20 +45,23 @@ def group_members(pgid: int) -> set[int]:
     return {p for p, (_, group) in processes().items() if group == pgid}
 
 
-def listening_addresses(port: int) -> set[str]:
-    """Local IPv4/IPv6 addresses with a socket listening on `port` (hex, as /proc/net/tcp* shows them)."""
-    found = set()
+def _listening() -> Iterator[tuple[str, int, str]]:
+    """(hex address, port, socket inode) of every TCP socket in LISTEN state, IPv4 and IPv6."""
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             lines = Path(table).read_text().splitlines()[1:]
         except OSError:
             continue
         for line in lines:
-            local, state = line.split()[1], line.split()[3]
-            address, hexport = local.rsplit(":", 1)
-            if state == "0A" and int(hexport, 16) == port:  # 0A: LISTEN
-                found.add(address)
-    return found
+            fields = line.split()
+            if fields[3] == "0A":  # 0A: LISTEN
+                address, hexport = fields[1].rsplit(":", 1)
+                yield address, int(hexport, 16), fields[9]
+
+
+def listening_addresses(port: int) -> set[str]:
+    """Local IPv4/IPv6 addresses with a socket listening on `port` (hex, as /proc/net/tcp* shows them)."""
+    return {address for address, p, _ in _listening() if p == port}
 
 
 LOOPBACK_V4 = "0100007F"  # 127.0.0.1 in /proc/net/tcp's little-endian hex
@@ -103,17 +107,7 @@ def _decode_address(hex_address: str) -> str:
 
 def listening_sockets(pids) -> set[tuple[str, int, int]]:
     """(address, port, pid) of every TCP socket in LISTEN state held by one of `pids`."""
-    listening = {}
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if fields[3] == "0A":  # LISTEN
-                address, hexport = fields[1].rsplit(":", 1)
-                listening[fields[9]] = (_decode_address(address), int(hexport, 16))  # by socket inode
+    listening = {inode: (_decode_address(address), port) for address, port, inode in _listening()}
     found = set()
     for pid in pids:
         try:
