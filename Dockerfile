@@ -25,7 +25,8 @@ RUN pip install -c infra/constraints.txt ".[server]" && pip uninstall -y ganflow
 # Then the code, installed editable: prefect.yaml's deployments run flows/pipeline.py from
 # /opt/ganflow (the pull step's working directory), and state lands in /opt/ganflow/.ganflow.
 COPY . .
+# .ganflow exists in the image so that a volume mounted there starts out owned by the user.
 RUN pip install --no-deps -e . \
- && useradd --create-home --uid 1000 ganflow && chown -R ganflow /opt/ganflow
+ && useradd --create-home --uid 1000 ganflow && mkdir -p .ganflow && chown -R ganflow /opt/ganflow
 USER ganflow
 CMD ["ganflow", "--help"]

@@ -10,7 +10,8 @@ Two deployments of the same flow and schedule:
   cluster at RAY_ADDRESS. Its base job template is written beside the file.
 
 `--apply` creates the process pool when missing and registers the process deployment with
-`prefect deploy`; the Kubernetes pool is created on the cluster side (README, "Deploy").
+`prefect deploy`; the Kubernetes pool is created on the cluster side, by infra/k8s's Prefect worker
+from infra/k8s/base-job-template.json, the template written here (README, "Deploying it").
 """
 
 from __future__ import annotations

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import tomllib
 from importlib import resources
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -26,6 +25,11 @@ from packaging.requirements import Requirement
 from flows.deploy import CLUSTER_ENV, K8S_POOL, PROCESS_POOL, kubernetes_base_job_template
 from flows.environment import OUTSIDE_SYSTEMS, RAY_NODE_SYSTEMS
 from tests.helpers import ROOT
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
 
 INFRA, K8S = ROOT / "infra", ROOT / "infra" / "k8s"
 COMPOSE, DOCKERFILE = INFRA / "compose.yaml", ROOT / "Dockerfile"
