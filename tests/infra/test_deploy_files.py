@@ -281,7 +281,7 @@ def secret_findings(path: Path, text: str) -> list[str]:
 
 def deployment_files() -> list[Path]:
     files = [DOCKERFILE, ROOT / ".dockerignore", *(p for p in INFRA.rglob("*") if p.is_file())]
-    return [p for p in files if p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts]
+    return [p for p in files if p.suffix != ".pyc" and "__pycache__" not in p.parts]
 
 
 def test_no_secret_is_committed_in_the_deployment_files():
