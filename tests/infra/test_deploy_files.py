@@ -13,6 +13,8 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
+import shutil
+import subprocess
 from importlib import resources
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -434,3 +436,23 @@ def test_torch_pins_are_pyprojects_and_the_stack_runs_one_ray_and_one_prefect():
     assert resource("RayCluster")["spec"]["rayVersion"] == pins["ray"]
     prefect_images = [img for img in images().values() if img.startswith("prefecthq/prefect:")]
     assert prefect_images and {img.split(":")[1].split("-")[0] for img in prefect_images} == {pins["prefect"]}
+
+
+@pytest.mark.slow  # a subprocess
+@pytest.mark.skipif(not shutil.which("kubectl"), reason="needs kubectl (its built-in kustomize)")
+def test_kustomize_builds_the_whole_set_and_it_validates(tmp_path):
+    """`kubectl kustomize` on a copy with the example secret files: the generated ConfigMaps and
+    Secrets too, and the image override reaching every ganflow container, the RayCluster's included."""
+    build = tmp_path / "k8s"
+    shutil.copytree(K8S, build, ignore=shutil.ignore_patterns("*.env"))
+    for example in build.glob("*.env.example"):
+        shutil.copy(example, build / example.stem)
+    text = (build / "kustomization.yaml").read_text().replace("newName: ganflow", "newName: registry.example/ganflow")
+    (build / "kustomization.yaml").write_text(text)
+    out = subprocess.run(["kubectl", "kustomize", str(build)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    assert {d["kind"] for d in docs} >= {"Secret", "ConfigMap", "RayCluster", "Deployment"}
+    assert [e for d in docs if d["kind"] != "RayCluster" for e in kubernetes_errors(d)] == []
+    ganflow = [c["image"] for d in docs for c in containers(d) if "ganflow:" in c["image"]]
+    assert len(ganflow) == 3 and set(ganflow) == {f"registry.example/ganflow:{VERSION}"}
