@@ -456,3 +456,14 @@ def test_kustomize_builds_the_whole_set_and_it_validates(tmp_path):
     assert [e for d in docs if d["kind"] != "RayCluster" for e in kubernetes_errors(d)] == []
     ganflow = [c["image"] for d in docs for c in containers(d) if "ganflow:" in c["image"]]
     assert len(ganflow) == 3 and set(ganflow) == {f"registry.example/ganflow:{VERSION}"}
+
+
+def test_a_run_logs_which_variables_are_set_by_name_never_by_value(monkeypatch):
+    from flows.environment import outside_systems_summary
+
+    for var in all_vars():
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "do-not-log-me")
+    summary = outside_systems_summary()
+    assert "AWS_SECRET_ACCESS_KEY set" in summary and "RAY_ADDRESS unset" in summary
+    assert "do-not-log-me" not in summary and all(var in summary for var in all_vars())
