@@ -1,5 +1,5 @@
-"""`make bench`: run every benchmark (or those named: ingest, train, fid, scaling) and append the results to
-benchmarks/RESULTS.md."""
+"""`make bench`: run every benchmark (or those named: ingest, train, fid, scaling, scaling_model, pipeline) and
+append the results to benchmarks/RESULTS.md."""
 
 from __future__ import annotations
 
@@ -40,13 +40,16 @@ BENCHMARKS = {
             "for both, batch 32; ratio = torch-fidelity time / ganflow time."),
     "scaling": ("Ray Train worker scaling",
                 "DCGAN 32x32 width 32, global batch 128, all cores used in both runs, 120 steps."),
+    "scaling_model": ("Scaling to 1, 8 and 64 GPUs: a MODEL, not a measurement",
+                      "Computed, not timed: parameters and FLOPs counted from gan_model.networks, the GPU and "
+                      "network figures assumed (see the text below the command)."),
     "pipeline": ("The whole pipeline, end to end",
                  "`make run`'s pipeline on the embedded default (local S3 server seeded with 5,000 MNIST digits, "
                  "local Ray, MLflow on SQLite, Prefect's ephemeral API), from a fresh state folder; task times "
                  "from Prefect's task runs."),
 }
 MODULES = {"train": "bench_train_step", "ingest": "bench_ingest", "fid": "bench_fid", "scaling": "bench_scaling",
-           "pipeline": "bench_pipeline"}
+           "pipeline": "bench_pipeline", "scaling_model": "scaling_model"}
 
 
 def main(which: list[str]) -> None:

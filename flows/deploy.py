@@ -10,14 +10,15 @@ Two deployments of the same flow and schedule:
   cluster at RAY_ADDRESS. Its base job template is written beside the file.
 
 `--apply` creates the process pool when missing and registers the process deployment with
-`prefect deploy`; the Kubernetes pool is created on the cluster side (README, "Deploy").
+`prefect deploy`; the Kubernetes pool is created on the cluster side, by infra/k8s's Prefect worker
+from infra/k8s/base-job-template.json, the template written here (README, "Deploying it").
 """
 
 from __future__ import annotations
 
 import copy
 import json
-from importlib import metadata
+from importlib import metadata, resources
 from pathlib import Path
 
 import yaml
@@ -29,46 +30,20 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 ENTRYPOINT = "flows/pipeline.py:ganflow_pipeline"
 PROCESS_POOL, K8S_POOL = "ganflow-process", "ganflow-kubernetes"
 K8S_TEMPLATE_FILE = "kubernetes-base-job-template.json"
-# Where the services of a cluster deployment are, by their in-cluster names (infra/k8s).
+# Where the services of a cluster deployment are, by their in-cluster names (infra/k8s): KubeRay
+# names the head's Service <RayCluster name>-head-svc. The S3 variables come from the Secret and
+# PREFECT_API_URL from the worker that starts the Job (flows.environment.OUTSIDE_SYSTEMS); the Ray
+# cluster requires its token (KubeRay authOptions), mounted from its Secret by the template.
 CLUSTER_ENV = {"RAY_ADDRESS": "ray://ganflow-ray-head-svc:10001", "MLFLOW_TRACKING_URI": "http://ganflow-mlflow:5000",
+               "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": "/etc/ray-auth/auth_token",
                "PREFECT_LOGGING_EXTRA_LOGGERS": "ganflow"}
 
 
-def kubernetes_base_job_template(secret: str = "ganflow-s3") -> dict:
-    """A flow-run Job: the ganflow image, env from variables, S3 credentials from a Secret."""
-    container = {
-        "name": "prefect-job", "image": "{{ image }}", "imagePullPolicy": "{{ image_pull_policy }}",
-        "args": "{{ command }}", "env": "{{ env }}",
-        "envFrom": [{"secretRef": {"name": "{{ secret_name }}"}}],
-        "resources": {"requests": {"cpu": "{{ cpu }}", "memory": "{{ memory }}"},
-                      "limits": {"memory": "{{ memory }}"}},
-    }
-    return {
-        "job_configuration": {
-            "command": "{{ command }}", "env": "{{ env }}", "labels": "{{ labels }}", "name": "{{ name }}",
-            "namespace": "{{ namespace }}", "stream_output": True, "cluster_config": None,
-            "job_watch_timeout_seconds": None, "pod_watch_timeout_seconds": 300,
-            "job_manifest": {
-                "apiVersion": "batch/v1", "kind": "Job",
-                "metadata": {"generateName": "{{ name }}-", "labels": "{{ labels }}", "namespace": "{{ namespace }}"},
-                "spec": {"backoffLimit": 0, "ttlSecondsAfterFinished": 86400, "template": {"spec": {
-                    "restartPolicy": "Never", "serviceAccountName": "{{ service_account_name }}",
-                    "containers": [container]}}},
-            },
-        },
-        "variables": {"type": "object", "properties": {
-            "name": {"type": "string", "default": None}, "command": {"type": "string", "default": None},
-            "labels": {"type": "object", "default": {}},
-            "env": {"type": "object", "default": {}, "description": "non-secret environment variables"},
-            "image": {"type": "string", "default": "ganflow:latest"},
-            "image_pull_policy": {"type": "string", "default": "IfNotPresent"},
-            "namespace": {"type": "string", "default": "ganflow"},
-            "service_account_name": {"type": "string", "default": "ganflow"},
-            "secret_name": {"type": "string", "default": secret,
-                            "description": "Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL)"},
-            "cpu": {"type": "string", "default": "1"}, "memory": {"type": "string", "default": "4Gi"},
-        }},
-    }
+def kubernetes_base_job_template() -> dict:
+    """A flow-run Job: the ganflow image, env from variables, S3 credentials from a Secret (envFrom),
+    the Ray cluster's auth token mounted from KubeRay's Secret. One file, infra/k8s/base-job-template.json,
+    is both what this writes and what the cluster's Prefect worker creates its pool with."""
+    return json.loads(resources.files("infra").joinpath("k8s/base-job-template.json").read_text())
 
 
 def write_deployments(cfg: GanflowConfig, cron: str, out: Path, *, name: str = "ganflow-nightly",

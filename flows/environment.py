@@ -22,6 +22,18 @@ from gan_model.config import DEMO_BUCKET, STATE_DIR, GanflowConfig, strip_userin
 # PREFECT_HOME migrates the database, which took 16-31 s on a 2-core machine with both CPUs
 # busy (about 10 s idle), so a new user's first run failed at random.
 EPHEMERAL_STARTUP_TIMEOUT_S = 180
+# The variables by which ganflow (and boto3, Ray, MLflow, Prefect under it) find each outside
+# system. A deployment sets them for the process that runs the flow; the Ray nodes, which read
+# shards and write checkpoints but never track or schedule, need only S3's. infra/compose.yaml
+# and infra/k8s set exactly these (tests/infra/test_deploy_files.py), and every run logs which
+# of them are set.
+OUTSIDE_SYSTEMS = {
+    "S3": ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"),
+    "Ray": ("RAY_ADDRESS",),
+    "MLflow": ("MLFLOW_TRACKING_URI",),
+    "Prefect": ("PREFECT_API_URL",),
+}
+RAY_NODE_SYSTEMS = ("S3",)
 log = logging.getLogger("ganflow")
 
 
@@ -64,6 +76,14 @@ def configured_prefect_api() -> tuple[str, str] | None:
     active = os.environ.get("PREFECT_PROFILE") or profiles.get("active")
     url = profiles.get("profiles", {}).get(active, {}).get("PREFECT_API_URL") if active else None
     return (strip_userinfo(url), f"profile {active!r} in {path}") if url else None
+
+
+def outside_systems_summary() -> str:
+    """Which of OUTSIDE_SYSTEMS' variables are set, by name only (values may be secrets): a cluster
+    deployment that forgot one shows it in the run's first log lines, before the embedded default
+    silently stands in."""
+    return "; ".join(f"{system}: " + ", ".join(f"{var} {'set' if os.environ.get(var) else 'unset'}" for var in names)
+                     for system, names in OUTSIDE_SYSTEMS.items())
 
 
 def uses_embedded_s3(cfg: GanflowConfig) -> bool:
