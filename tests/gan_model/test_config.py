@@ -74,3 +74,13 @@ def test_strip_userinfo_keeps_everything_but_the_credentials():
     from gan_model.config import strip_userinfo
     assert strip_userinfo("https://u:p@host:8443/a@b?x=1") == "https://host:8443/a@b?x=1"
     assert strip_userinfo("sqlite:////tmp/m.db") == "sqlite:////tmp/m.db"
+
+
+def test_texture_crops_are_a_validated_data_setting():
+    cfg = build_config({}, ["data.crops.size=64", "data.crops.per_image=8"])
+    assert (cfg.data.crops.size, cfg.data.crops.per_image, cfg.data.crops.seed) == (64, 8, 0)
+    assert build_config({}).data.crops is None  # off unless asked for
+    with pytest.raises(ConfigError, match=r"data.crops.size \(16\) must be at least data.resolution \(32\)"):
+        build_config({}, ["data.crops.size=16"])
+    with pytest.raises(ConfigError, match="unknown config key 'data.crops.sise'"):
+        build_config({}, ["data.crops.sise=64"])
