@@ -49,9 +49,11 @@ def test_lr_scaling_follows_the_global_batch():
 def test_repo_configs_are_valid():
     from pathlib import Path
     paths = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
-    assert [p.name for p in paths] == ["quickstart.yaml", "smoke.yaml"]
+    assert [p.name for p in paths] == ["quickstart.yaml", "smoke.yaml", "textures.yaml"]
     for path in paths:
         assert load_config(path).data.source.startswith("s3://ganflow-demo/")
+    textures = load_config(paths[2]).data
+    assert textures.channels == 3 and textures.crops is not None and textures.seed_dataset == "textures"
 
 
 def test_flat_params_cover_every_section():
