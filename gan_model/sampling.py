@@ -108,7 +108,9 @@ def render_texture(g: nn.Module, scale: int, seed: int, truncation: float = 1.0)
     The generator is fully convolutional: a latent map of independent vectors (`latent_map`) grows
     the image where a single vector makes one training-sized image, and neighbouring latents blend
     through the overlapping transposed convolutions, so the texture is one seamless image, not a
-    tiling of one. The centre is kept (borders see fewer latents)."""
+    tiling of one. The centre is kept (borders see fewer latents). A generator trained on single
+    vectors sums several latents per pixel here (DCGAN's first layer: up to 16), so its textures
+    look best with `truncation` near 1/sqrt(that number)."""
     if scale < 1:
         raise ValueError(f"texture scale must be a whole number >= 1, got {scale}")
     side = scale * g.resolution
