@@ -60,6 +60,10 @@ def test_pipeline_registers_evaluates_promotes_and_is_idempotent(prefect_harness
         progress = prefect_client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["training-progress"])))
     assert progress and max(float(a.data) for a in progress) == 100.0
+    with get_client(sync_client=True) as prefect_client:  # the UI's samples artifact points at the walk too
+        samples = prefect_client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["ganflow-samples"])))
+    assert samples and "latent_walk.gif" in samples[-1].description
 
     # 2. The same flow again (a retry or a re-run): no second version, same decision.
     again = ganflow_pipeline(config=cfg)
