@@ -25,6 +25,7 @@ from gan_model.errors import ConfigError
 # embedded S3 server serves. Every default path below lives under STATE_DIR.
 STATE_DIR = Path(".ganflow")
 DEMO_BUCKET = "ganflow-demo"
+MAX_CROPS_BYTES = 256 << 20  # one image's decoded crops in texture mode
 
 
 def identity_hash(*parts: BaseModel | dict) -> str:
@@ -104,9 +105,16 @@ class Preprocessing(_Section):
     @model_validator(mode="after")
     def _crops_not_upscaled(self) -> "Preprocessing":
         # A crop smaller than the output would only be blown up: blur, not texture.
-        if self.crops is not None and self.crops.size < self.resolution:
+        if self.crops is None:
+            return self
+        if self.crops.size < self.resolution:
             raise ValueError(f"data.crops.size ({self.crops.size}) must be at least data.resolution "
                              f"({self.resolution}): raise data.crops.size or lower data.resolution")
+        # One image's crops are decoded and held together (tasks/ingest.py bounds how many wait).
+        if self.crops.per_image * self.channels * self.resolution ** 2 > MAX_CROPS_BYTES:
+            raise ValueError(f"data.crops.per_image ({self.crops.per_image}) crops of {self.channels}x"
+                             f"{self.resolution}x{self.resolution} exceed {MAX_CROPS_BYTES >> 20} MiB per image: "
+                             f"lower data.crops.per_image (or split large images into several objects)")
         return self
 
 

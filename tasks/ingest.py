@@ -45,6 +45,8 @@ PROCESS_DECODE_MIN_BYTES = 64 * 1024
 # up to about 10 bytes per pixel (16-bit PNGs; 1 for grey, 8 for RGBA), so with the defaults
 # ingest holds about 256 MiB of objects and 640 MB of pixels at most, whatever the thread count.
 BUDGET_OBJECTS = 4
+# Decoded results waiting to be written, in texture mode, where one object becomes many crops.
+CROP_RESULTS_BYTES = 512 << 20
 
 
 def list_manifest(client, bucket: str, prefix: str, max_images: int | None = None) -> list[tuple[str, str, int]]:
@@ -69,6 +71,11 @@ def dataset_version(manifest: list[tuple[str, str, int]], cfg: DataConfig) -> st
     for key, etag, size in sorted(manifest):
         h.update(json.dumps([key, etag, size]).encode())
     return h.hexdigest()[:16]
+
+
+def crops_bytes(cfg: DataConfig) -> int:
+    """Bytes of one object's decoded crops in texture mode."""
+    return cfg.crops.per_image * cfg.channels * cfg.resolution ** 2
 
 
 def _ordered_bounded(pool, fn, items, window: int) -> Iterator:
@@ -226,7 +233,10 @@ def ingest_dataset(cfg: DataConfig, *, decoder: Callable[..., np.ndarray] = deco
         with ThreadPoolExecutor(cfg.download_workers) as pool:
             # In manifest order (shards are identical across runs), with at most
             # a few objects per download thread in memory at any time.
-            results = _ordered_bounded(pool, process, manifest, window=4 * cfg.download_workers)
+            window = 4 * cfg.download_workers
+            if cfg.crops:  # an object's crops may be large: bound what waits in the window
+                window = max(1, min(window, CROP_RESULTS_BYTES // crops_bytes(cfg)))
+            results = _ordered_bounded(pool, process, manifest, window=window)
             for (key, _, _), (digest, result) in zip(manifest, results):
                 if digest is not None and digest in seen:
                     skipped.append({"key": key, "reason": "duplicate"})

@@ -84,5 +84,7 @@ def test_texture_crops_are_a_validated_data_setting():
     assert build_config({}).data.crops is None  # off unless asked for
     with pytest.raises(ConfigError, match=r"data.crops.size \(16\) must be at least data.resolution \(32\)"):
         build_config({}, ["data.crops.size=16"])
+    with pytest.raises(ConfigError, match=r"exceed 256 MiB per image: lower data.crops.per_image"):
+        build_config({}, ["data.channels=3", "data.resolution=256", "data.crops.size=256", "data.crops.per_image=2000"])
     with pytest.raises(ConfigError, match="unknown config key 'data.crops.sise'"):
         build_config({}, ["data.crops.sise=64"])
