@@ -73,6 +73,8 @@ def cmd_run(args) -> None:
         lines.append(f"  model       {s['model_name']} v{s['model_version']}{alias} ({s['decision']})")
     if s.get("sample_grid"):
         lines.append(f"  samples     {s['sample_grid']}")
+    if s.get("latent_walks"):
+        lines.append(f"  latent walk {' '.join(s['latent_walks'])}")
     lines += [f"  MLflow UI   {s['mlflow_ui']}", f"  Prefect UI  {s['prefect_ui']}"]
     _emit(args, s, "\n".join(lines))
 
@@ -103,8 +105,10 @@ def cmd_sample(args) -> None:
     from tasks.sample import sample_images
 
     with stdout_to_stderr(args.json):
-        r = sample_images(args.model, args.n, args.out, seed=args.seed, truncation=args.truncation, z_file=args.z)
-    what = f"{r['frames']} frames of {r['n']} latent walks" if "frames" in r else f"{r['n']} images"
+        r = sample_images(args.model, args.n, args.out, seed=args.seed, truncation=args.truncation, z_file=args.z,
+                          texture_scale=args.texture_scale)
+    what = (f"{r['frames']} frames of {r['n']} latent walks" if "frames" in r else
+            f"{r['n']} textures of {r['size']}x{r['size']}" if "size" in r else f"{r['n']} images")
     _emit(args, r, f"{what} from {args.model} (v{r['model_version']}) -> {r['out']}")
 
 
@@ -265,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--truncation", type=_psi, default=1.0, metavar="PSI",
                     help="pull latents towards the mean: 1 = none (default), 0.7 = typical images, 0 = the mean")
     sp.add_argument("--z", metavar="FILE.npy", help="latent vectors (N, z_dim) to use instead of seeds")
+    sp.add_argument("--texture-scale", type=_positive, metavar="K", help="render textures K times the training "
+                    "resolution per side from a latent map (fully convolutional generators; -n defaults to 1)")
     sp.add_argument("--out", required=True,
                     help="grid.png, a folder (one PNG per image), or walk.gif / walk.mp4 (a looping latent walk)")
     with_json(sp); sp.set_defaults(fn=cmd_sample)

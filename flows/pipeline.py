@@ -60,7 +60,7 @@ def ganflow_pipeline(config: GanflowConfig | None = None, force: bool = False) -
         "fid": evaluation.fid, "kid": evaluation.kid, "kid_std": evaluation.kid_std,
         "fid_comparable": evaluation.comparable, "fid_weights_sha256": evaluation.protocol["weights_sha256"],
         "steps": trained.steps, "train_run": trained.run_name, "checkpoint_uri": trained.checkpoint_uri,
-        "sample_grid": evaluation.sample_grid, "warnings": evaluation.warnings,
+        "sample_grid": evaluation.sample_grid, "latent_walks": evaluation.latent_walks, "warnings": evaluation.warnings,
     }, registration)
 
 

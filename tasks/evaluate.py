@@ -36,6 +36,7 @@ from tasks.types import DatasetVersion, EvalResult, TrainResult
 log = logging.getLogger("ganflow.evaluate")
 
 CACHE_DIR = "fid-cache"
+WALK_NAME, WALK_IMAGES = "latent_walk", 16  # 16 walks side by side (4 x 4), logged beside the grid
 RANDOM_WEIGHTS_SEED = 0
 
 
@@ -150,6 +151,7 @@ def evaluate_generator_file(cfg: GanflowConfig, dataset: DatasetVersion, generat
     from gan_model.images import make_grid, save_png
     grid = next(generate_batches(g, ev.grid_size, ev.seed, ev.grid_size))
     sample_grid = save_png(make_grid(grid), out_dir / "samples.png")
+    walks = save_latent_walk(g, out_dir / WALK_NAME, ev.seed)
 
     # 3. The numbers, and the protocol that makes them comparable.
     scores = compare(gen, ref, kid_subsets=ev.kid_subsets, kid_subset_size=ev.kid_subset_size, seed=ev.seed)
@@ -175,7 +177,20 @@ def evaluate_generator_file(cfg: GanflowConfig, dataset: DatasetVersion, generat
         fid=scores["fid"], kid=scores["kid"], kid_std=scores["kid_std"], n_generated=scores["n_generated"],
         n_reference=scores["n_reference"], protocol=protocol,
         comparable=kind != "random" and weights_sha == STANDARD_SHA256,
-        sample_grid=str(sample_grid), generator_path=str(generator_path), warnings=warnings)
+        sample_grid=str(sample_grid), generator_path=str(generator_path), latent_walks=[str(p) for p in walks],
+        warnings=warnings)
+
+
+def save_latent_walk(g, stem: Path, seed: int, n: int = WALK_IMAGES) -> list[Path]:
+    """The first `n` images of the sample grid (seeds seed..seed+n-1) each walking a smooth loop
+    through latent space, as `stem`.gif and `stem`.mp4 (the same frames as `ganflow sample --out
+    walk.gif`): how smoothly images change along a walk shows what a grid cannot (memorised images
+    jump, a collapsed generator barely moves)."""
+    from gan_model.images import save_gif, save_mp4
+    from gan_model.sampling import FPS, walk_frames, walk_keyframes
+
+    frames = walk_frames(g, walk_keyframes(seed, n, g.z_dim))
+    return [save_gif(frames, stem.with_suffix(".gif"), fps=FPS), save_mp4(frames, stem.with_suffix(".mp4"), fps=FPS)]
 
 
 def registered_config(client, mv) -> dict:

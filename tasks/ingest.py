@@ -29,7 +29,7 @@ import numpy as np
 
 from gan_model.config import DataConfig
 from gan_model.errors import GanflowError
-from gan_model.images import InvalidImage, decode_image, decoded_samples
+from gan_model.images import InvalidImage, decode_crops, decode_image, decoded_samples
 from gan_model.shards import ShardWriter
 from tasks.datastore import describe, publish, read_published_index, version_uri
 from tasks.decoding import Budget, DecoderCrashed, DecoderPool, return_large_buffers_to_the_os
@@ -45,6 +45,8 @@ PROCESS_DECODE_MIN_BYTES = 64 * 1024
 # up to about 10 bytes per pixel (16-bit PNGs; 1 for grey, 8 for RGBA), so with the defaults
 # ingest holds about 256 MiB of objects and 640 MB of pixels at most, whatever the thread count.
 BUDGET_OBJECTS = 4
+# Decoded results waiting to be written, in texture mode, where one object becomes many crops.
+CROP_RESULTS_BYTES = 512 << 20
 
 
 def list_manifest(client, bucket: str, prefix: str, max_images: int | None = None) -> list[tuple[str, str, int]]:
@@ -62,11 +64,18 @@ def list_manifest(client, bucket: str, prefix: str, max_images: int | None = Non
 def dataset_version(manifest: list[tuple[str, str, int]], cfg: DataConfig) -> str:
     # Every preprocessing setting is in the version: the whole sub-model, not a list of names.
     settings = cfg.preprocessing().model_dump(mode="json")
+    if settings["crops"] is None:  # added after format 2: off, it leaves existing versions' names as they were
+        del settings["crops"]
     # format 2: decoder allowlist, JPEG draft and early reduce change some decoded pixels.
     h = hashlib.sha256(json.dumps({"format": 2, "settings": settings}, sort_keys=True).encode())
     for key, etag, size in sorted(manifest):
         h.update(json.dumps([key, etag, size]).encode())
     return h.hexdigest()[:16]
+
+
+def crops_bytes(cfg: DataConfig) -> int:
+    """Bytes of one object's decoded crops in texture mode."""
+    return cfg.crops.per_image * cfg.channels * cfg.resolution ** 2
 
 
 def _ordered_bounded(pool, fn, items, window: int) -> Iterator:
@@ -104,7 +113,8 @@ def ingest_dataset(cfg: DataConfig, *, decoder: Callable[..., np.ndarray] = deco
     """The data set version of `cfg.source` under `cfg`'s preprocessing, built when it is new.
 
     `decoder` (with `decode_image`'s signature) runs where decoding runs, in decoder processes
-    when there are any, so it must be picklable; tests install one that crashes.
+    when there are any, so it must be picklable; tests install one that crashes. With
+    `data.crops` (texture mode) every object is decoded by `decode_crops` into many images.
     """
     bucket, prefix = parse_s3_uri(cfg.source)
     client = make_client(cfg.endpoint_url, cfg.region, max_pool=cfg.download_workers)
@@ -178,8 +188,14 @@ def ingest_dataset(cfg: DataConfig, *, decoder: Callable[..., np.ndarray] = deco
     skipped: list[dict] = []
     seen: dict[str, str] = {}
 
-    decode = functools.partial(decoder, resolution=cfg.resolution, channels=cfg.channels,
-                               max_pixels=cfg.max_pixels, small_images=cfg.small_images)
+    if cfg.crops is None:
+        decode = functools.partial(decoder, resolution=cfg.resolution, channels=cfg.channels,
+                                   max_pixels=cfg.max_pixels, small_images=cfg.small_images)
+    else:  # texture mode: many crops per image, decoded at full scale
+        decode = functools.partial(decode_crops, resolution=cfg.resolution, channels=cfg.channels,
+                                   size=cfg.crops.size, count=cfg.crops.per_image, seed=cfg.crops.seed,
+                                   max_pixels=cfg.max_pixels)
+    budget_resolution = None if cfg.crops else cfg.resolution
     n_procs = cfg.decode_processes
     if n_procs is None:
         # Small images decode in microseconds: shipping them to another process
@@ -203,7 +219,7 @@ def ingest_dataset(cfg: DataConfig, *, decoder: Callable[..., np.ndarray] = deco
             try:
                 # Counted in samples (pixels x bands): four grey images at the pixel limit decode
                 # at once, but one RGBA one, whose copies are four times larger.
-                with pixels.hold(decoded_samples(body, resolution=cfg.resolution, max_pixels=cfg.max_pixels)):
+                with pixels.hold(decoded_samples(body, resolution=budget_resolution, max_pixels=cfg.max_pixels)):
                     return digest, (decoders.run(decode, body) if decoders else decode(body))
             except InvalidImage as err:
                 return digest, str(err)
@@ -217,7 +233,10 @@ def ingest_dataset(cfg: DataConfig, *, decoder: Callable[..., np.ndarray] = deco
         with ThreadPoolExecutor(cfg.download_workers) as pool:
             # In manifest order (shards are identical across runs), with at most
             # a few objects per download thread in memory at any time.
-            results = _ordered_bounded(pool, process, manifest, window=4 * cfg.download_workers)
+            window = 4 * cfg.download_workers
+            if cfg.crops:  # an object's crops may be large: bound what waits in the window
+                window = max(1, min(window, CROP_RESULTS_BYTES // crops_bytes(cfg)))
+            results = _ordered_bounded(pool, process, manifest, window=window)
             for (key, _, _), (digest, result) in zip(manifest, results):
                 if digest is not None and digest in seen:
                     skipped.append({"key": key, "reason": "duplicate"})
@@ -225,7 +244,8 @@ def ingest_dataset(cfg: DataConfig, *, decoder: Callable[..., np.ndarray] = deco
                     skipped.append({"key": key, "reason": result})
                 else:
                     seen[digest] = key
-                    writer.add(result)
+                    for image in (result if result.ndim == 4 else result[None]):  # crops: many per object
+                        writer.add(image)
         if not seen:
             example = f" (e.g. {skipped[0]['key']!r}: {skipped[0]['reason']})" if skipped else ""
             raise GanflowError(f"none of the {len(manifest)} objects under {cfg.source} is a usable image"

@@ -69,6 +69,8 @@ def serving_requirements() -> list[str]:
 
 def _log_evaluation(client, run_id: str, evaluation: EvalResult) -> None:
     client.log_artifact(run_id, evaluation.sample_grid, "samples")
+    for walk in evaluation.latent_walks:  # latent_walk.gif and .mp4, beside the grid
+        client.log_artifact(run_id, walk, "samples")
     client.log_dict(run_id, evaluation.protocol, "fid_protocol.json")
 
 

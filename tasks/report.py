@@ -69,18 +69,22 @@ def mlflow_links(registration: Registration) -> dict[str, str]:
 
 def sample_grid(summary: dict) -> None:
     """The grid as an image when it has a URL (a tracking server serves the run's artifacts),
-    else a link to the local file."""
+    else a link to the local file; the latent walk (GIF, MP4) is linked in its description."""
     if not _in_flow_run() or not summary.get("sample_grid"):
         return
     from prefect.artifacts import create_image_artifact, create_link_artifact
 
     uri = summary["tracking_uri"]
+    walks = summary.get("latent_walks") or []
     if uri.startswith(("http://", "https://")):
-        url = f"{uri.rstrip('/')}/get-artifact?path=samples/samples.png&run_uuid={summary['mlflow_run_id']}"
-        create_image_artifact(url, key="ganflow-samples", description="samples from the EMA generator")
+        base = f"{uri.rstrip('/')}/get-artifact?run_uuid={summary['mlflow_run_id']}&path=samples/"
+        walk = f"; a latent walk: [GIF]({base}latent_walk.gif), [MP4]({base}latent_walk.mp4)" if walks else ""
+        create_image_artifact(f"{base}samples.png", key="ganflow-samples",
+                              description=f"samples from the EMA generator{walk}")
     else:
+        walk = f"; a latent walk: {', '.join(walks)}" if walks else ""
         create_link_artifact(f"file://{summary['sample_grid']}", link_text="samples.png", key="ganflow-samples",
-                             description="samples from the EMA generator (a local file)")
+                             description=f"samples from the EMA generator (a local file){walk}")
 
 
 def summary_markdown(summary: dict, registration: Registration | None) -> None:

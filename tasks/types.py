@@ -39,6 +39,7 @@ class EvalResult(BaseModel):
     comparable: bool         # False with random Inception weights: not a published-style FID
     sample_grid: str
     generator_path: str
+    latent_walks: list[str] = []   # the same walk as .gif and .mp4, beside the grid
     warnings: list[str] = []
 
 

@@ -11,7 +11,7 @@ from gan_model.config import (DataConfig, EvalConfig, EvalProtocol, GanflowConfi
 # a section without an entry here fails `test_every_field_has_an_alternative`.
 ALTERNATIVES = {
     "data": {"resolution": 64, "channels": 3, "small_images": "skip", "max_pixels": 1000, "max_object_bytes": 1000,
-             "max_images": 7,
+             "max_images": 7, "crops": {"size": 64, "per_image": 3},
              "source": "s3://other-bucket/x/", "endpoint_url": "http://127.0.0.1:9", "region": "eu-west-1",
              "embedded_server": "never", "seed_dataset": "digits", "processed_uri": "/tmp/elsewhere",
              "cache_dir": "/tmp/cache-elsewhere", "shard_size": 7, "download_workers": 3, "decode_processes": 0,
@@ -81,3 +81,17 @@ def test_protocol_key_includes_the_weights_hash_and_the_data_set():
     assert protocol_key(ev, "1" * 64, 256, "v1") != base
     assert protocol_key(ev, "0" * 64, 256, "v2") != base
     assert protocol_key(ev, "0" * 64, 100, "v1") != base
+
+
+def test_texture_crops_are_part_of_the_version_and_off_leaves_old_versions_alone():
+    from tasks.ingest import dataset_version
+    manifest = [("a.png", "etag-a", 10), ("b.png", "etag-b", 20)]
+    # Pinned before data.crops existed: a data set ingested then keeps its name (and its registrations).
+    assert dataset_version(manifest, GanflowConfig().data) == "d8d0c6807c189d0c"
+    versions = set()
+    for crops in ({"size": 64, "per_image": 3}, {"size": 64, "per_image": 4}, {"size": 128, "per_image": 3},
+                  {"size": 64, "per_image": 3, "seed": 1}):
+        cfg = GanflowConfig()
+        cfg.data.crops = crops
+        versions.add(dataset_version(manifest, cfg.data))
+    assert len(versions) == 4

@@ -43,6 +43,13 @@ def test_pipeline_registers_evaluates_promotes_and_is_idempotent(prefect_harness
     assert [m.step for m in history] == list(range(5, cfg.train.steps + 1, 5))
     grid = client.download_artifacts(first["mlflow_run_id"], "samples/samples.png", str(tmp_path))
     assert Image.open(grid).size[0] > 4 * 16
+    # Beside the grid: the EMA generator's latent walk, as an animated GIF and an MP4 of the same frames.
+    gif = Image.open(client.download_artifacts(first["mlflow_run_id"], "samples/latent_walk.gif", str(tmp_path)))
+    assert gif.n_frames == 64 and gif.size[0] >= 256
+    mp4 = client.download_artifacts(first["mlflow_run_id"], "samples/latent_walk.mp4", str(tmp_path))
+    import imageio_ffmpeg
+    assert imageio_ffmpeg.count_frames_and_secs(mp4)[0] == 64
+    assert [p.rsplit(".", 1)[1] for p in first["latent_walks"]] == ["gif", "mp4"]
     protocol = json.loads(open(client.download_artifacts(first["mlflow_run_id"], "fid_protocol.json",
                                                          str(tmp_path))).read())
     assert protocol["weights"] == "random" and len(protocol["weights_sha256"]) == 64
@@ -53,6 +60,10 @@ def test_pipeline_registers_evaluates_promotes_and_is_idempotent(prefect_harness
         progress = prefect_client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["training-progress"])))
     assert progress and max(float(a.data) for a in progress) == 100.0
+    with get_client(sync_client=True) as prefect_client:  # the UI's samples artifact points at the walk too
+        samples = prefect_client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["ganflow-samples"])))
+    assert samples and "latent_walk.gif" in samples[-1].description
 
     # 2. The same flow again (a retry or a re-run): no second version, same decision.
     again = ganflow_pipeline(config=cfg)

@@ -49,9 +49,11 @@ def test_lr_scaling_follows_the_global_batch():
 def test_repo_configs_are_valid():
     from pathlib import Path
     paths = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
-    assert [p.name for p in paths] == ["quickstart.yaml", "smoke.yaml"]
+    assert [p.name for p in paths] == ["quickstart.yaml", "smoke.yaml", "textures.yaml"]
     for path in paths:
         assert load_config(path).data.source.startswith("s3://ganflow-demo/")
+    textures = load_config(paths[2]).data
+    assert textures.channels == 3 and textures.crops is not None and textures.seed_dataset == "textures"
 
 
 def test_flat_params_cover_every_section():
@@ -74,3 +76,15 @@ def test_strip_userinfo_keeps_everything_but_the_credentials():
     from gan_model.config import strip_userinfo
     assert strip_userinfo("https://u:p@host:8443/a@b?x=1") == "https://host:8443/a@b?x=1"
     assert strip_userinfo("sqlite:////tmp/m.db") == "sqlite:////tmp/m.db"
+
+
+def test_texture_crops_are_a_validated_data_setting():
+    cfg = build_config({}, ["data.crops.size=64", "data.crops.per_image=8"])
+    assert (cfg.data.crops.size, cfg.data.crops.per_image, cfg.data.crops.seed) == (64, 8, 0)
+    assert build_config({}).data.crops is None  # off unless asked for
+    with pytest.raises(ConfigError, match=r"data.crops.size \(16\) must be at least data.resolution \(32\)"):
+        build_config({}, ["data.crops.size=16"])
+    with pytest.raises(ConfigError, match=r"exceed 256 MiB per image: lower data.crops.per_image"):
+        build_config({}, ["data.channels=3", "data.resolution=256", "data.crops.size=256", "data.crops.per_image=2000"])
+    with pytest.raises(ConfigError, match="unknown config key 'data.crops.sise'"):
+        build_config({}, ["data.crops.sise=64"])

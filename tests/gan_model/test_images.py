@@ -172,3 +172,33 @@ def test_folders_are_streamed_with_the_ingest_limits_and_never_left_through_syml
     batches = list(folder_batches(folder, 3, max_pixels=16_000_000, max_bytes=50_000))
     assert sum(len(b) for b in batches) == 7  # 5 + deep + inside-link; no bomb, big file, EPS or escape
     assert all(b.dtype == np.uint8 and b.shape[1] == 3 and len(b) <= 3 for b in batches)
+
+
+def colour_texture(h=96, w=80, seed=0) -> np.ndarray:
+    """A colour image whose every window is different (noise), (H, W, 3) uint8."""
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def test_texture_crops_are_seeded_windows_of_the_image_and_reproducible():
+    from gan_model.images import decode_crops
+    image = colour_texture()
+    data = png(image)
+    crops = decode_crops(data, resolution=16, channels=3, size=16, count=12, seed=0)
+    assert crops.shape == (12, 3, 16, 16) and crops.dtype == np.uint8
+    windows = np.lib.stride_tricks.sliding_window_view(image, (16, 16, 3))[:, :, 0]  # (y, x, 16, 16, 3)
+    for crop in crops:  # size == resolution: every crop is an exact 16x16 window of the image
+        hits = np.argwhere((windows == crop.transpose(1, 2, 0)).all(axis=(2, 3, 4)))
+        assert len(hits) == 1
+    positions = {tuple(np.argwhere((windows == c.transpose(1, 2, 0)).all(axis=(2, 3, 4)))[0]) for c in crops}
+    assert len(positions) > 6  # spread over the image, not one place
+    assert np.array_equal(decode_crops(data, resolution=16, channels=3, size=16, count=12, seed=0), crops)
+    assert not np.array_equal(decode_crops(data, resolution=16, channels=3, size=16, count=12, seed=1), crops)
+    # Larger crops are resized to the resolution; grey output from a colour image.
+    big = decode_crops(data, resolution=16, channels=1, size=64, count=3, seed=0)
+    assert big.shape == (3, 1, 16, 16)
+
+
+def test_crops_larger_than_the_image_name_the_setting():
+    from gan_model.images import decode_crops
+    with pytest.raises(InvalidImage, match=r"smaller than the crop \(80x96 < data.crops.size=128\); lower data.crops.size"):
+        decode_crops(png(colour_texture()), resolution=16, channels=3, size=128, count=2)

@@ -153,6 +153,10 @@ def test_sampling_is_deterministic_and_runs_no_registry_code(tracking, tmp_path)
     assert Image.open(tmp_path / "walk.gif").n_frames == gif["frames"] == 64
     sample_images(uri, 4, tmp_path / "walk.mp4", seed=3)
     assert (tmp_path / "walk.mp4").read_bytes()[4:8] == b"ftyp"
+    texture = sample_images(uri, None, tmp_path / "texture.png", seed=4, texture_scale=3)  # one seed, 3x the side
+    assert texture["size"] == 48 and np.asarray(Image.open(tmp_path / "texture.png")).shape == (48, 48)
+    small = sample_images(uri, None, tmp_path / "one.png", seed=4, texture_scale=1)
+    assert (np.asarray(Image.open(tmp_path / "one.png")) == plain).all() and small["n"] == 1  # scale 1 = seed 4
 
     # A planted model whose Python code writes a file when loaded: sampling uses its weights only.
     marker = tmp_path / "registry-code-ran"
