@@ -16,7 +16,7 @@ import signal
 import sys
 from typing import TYPE_CHECKING, Iterator
 
-from gan_model.errors import GanflowError
+from gan_model.errors import STOPPING, GanflowError
 
 if TYPE_CHECKING:
     from gan_model.config import GanflowConfig
@@ -328,17 +328,18 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from flows.environment import set_local_defaults
     set_local_defaults()
-    # What this process starts (the local servers, Ray, Prefect's temporary API server) must not
+    # What this process starts (the local servers, Ray) must not
     # outlive it, even when it is killed with SIGKILL and no cleanup runs: a watchdog child kills
     # whatever of it is left once this process is gone.
     global _watchdog
     from tasks import watchdog
     _watchdog = watchdog.start([os.getpid()])  # kept referenced: closing its pipe is the signal
 
-    # SIGTERM (a stopped container, `kill`) and SIGHUP (a closed terminal) unwind like Ctrl-C:
-    # every `ray_session()` and server context on the way out stops what it started.
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda signum, _: sys.exit(128 + signum))
+    # Ctrl-C, SIGTERM (a stopped container, `kill`) and SIGHUP (a closed terminal) all unwind: every
+    # `ray_session()` and server context on the way out stops what it started. STOPPING tells
+    # the retry policy and the handler below that whatever fails from here on failed because of it.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _stop)
     try:
         try:
             args.fn(args)
@@ -346,18 +347,28 @@ def main(argv: list[str] | None = None) -> int:
             # Keep the result (or the error) the last thing printed: Prefect's
             # "stopping temporary server" notice at exit is not news.
             logging.getLogger("prefect").setLevel(logging.WARNING)
-    except GanflowError as err:
-        print(f"ganflow: error: {err}", file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt:
-        print("ganflow: interrupted", file=sys.stderr)
-        _exit_now(130)
-    except SystemExit as stop:
-        if stop.code in (128 + signal.SIGTERM, 128 + signal.SIGHUP):  # our signal handlers
-            print("ganflow: terminated", file=sys.stderr)
-            _exit_now(stop.code)
+    except BaseException as err:
+        if STOPPING.is_set():  # whatever the unwinding raised (a server gone with Ctrl-C ...)
+            print(f"ganflow: {'interrupted' if _stopped_by == signal.SIGINT else 'terminated'}", file=sys.stderr)
+            _exit_now(128 + _stopped_by)
+        if isinstance(err, GanflowError):
+            print(f"ganflow: error: {err}", file=sys.stderr)
+            return err.exit_code
         raise
     return 0
+
+
+_stopped_by = signal.SIGINT
+
+
+def _stop(signum: int, _frame) -> None:
+    global _stopped_by
+    if not STOPPING.is_set():
+        _stopped_by = signum
+        STOPPING.set()
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    sys.exit(128 + signum)
 
 
 def _exit_now(code: int) -> None:
@@ -365,7 +376,7 @@ def _exit_now(code: int) -> None:
 
     The thread that ran `trainer.fit()` may still be inside Ray's C++ core when the
     interpreter tears down, which can abort the process (SIGABRT) instead of exiting with
-    `code`. Cleanup registered with atexit (Prefect's temporary server, ...) still runs.
+    `code`. Cleanup registered with atexit still runs.
     """
     import atexit
 

@@ -4,8 +4,9 @@
   local S3-compatible server seeded with a real sample data set.
 - Ray: RAY_ADDRESS, else a local instance (tasks/train.py).
 - MLflow: MLFLOW_TRACKING_URI, else SQLite under .ganflow (tasks/register.py).
-- Prefect: PREFECT_API_URL, else the ephemeral API with its database under
-  .ganflow/prefect, so `prefect server start` later shows the same runs.
+- Prefect: PREFECT_API_URL (or the active profile), else a local Prefect server that ganflow
+  starts for the run (`flow_api()`), with its database under .ganflow/prefect, so `prefect
+  server start` later shows the same runs.
 """
 
 from __future__ import annotations
@@ -84,6 +85,46 @@ def outside_systems_summary() -> str:
     silently stands in."""
     return "; ".join(f"{system}: " + ", ".join(f"{var} {'set' if os.environ.get(var) else 'unset'}" for var in names)
                      for system, names in OUTSIDE_SYSTEMS.items())
+
+
+@contextlib.contextmanager
+def flow_api() -> Iterator[str]:
+    """The Prefect API that flow runs report to, for the block; yields a line saying which.
+
+    The user's (PREFECT_API_URL or the active profile) when configured. Otherwise a local Prefect
+    server that ganflow starts and stops around the block, rather than Prefect's own temporary
+    one: that one runs in the terminal's process group, so Ctrl-C stopped it together with the
+    run, and the interrupted run then spent minutes retrying a dead API instead of recording that
+    it crashed. Ours runs in a process group of its own and dies with this process.
+    """
+    configured = configured_prefect_api()
+    if configured is not None:
+        yield f"{configured[0]} (from {configured[1]})"
+        return
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from infra.prefect_server import PrefectServer
+
+    home = Path(os.environ.get("PREFECT_HOME") or STATE_DIR / "prefect")
+    home.mkdir(parents=True, exist_ok=True)
+    with PrefectServer(prefect_home=home, log_path=home / "server.log") as server:
+        with temporary_settings({PREFECT_API_URL: server.api_url}):
+            try:
+                yield (f"ganflow's local server at {server.api_url} for this run (no PREFECT_API_URL in the "
+                       f"environment or profile; its runs stay in {home})")
+            finally:
+                _drain_prefect_workers()  # the run's last log lines and events, before the server stops
+
+
+def _drain_prefect_workers(timeout: float = 10.0) -> None:
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        try:
+            worker.drain_all(timeout=timeout)
+        except Exception as err:  # never let the bookkeeping hide the run's own outcome
+            log.debug("could not drain %s: %s", worker.__name__, err)
 
 
 def uses_embedded_s3(cfg: GanflowConfig) -> bool:

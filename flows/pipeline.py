@@ -90,19 +90,17 @@ def run_pipeline(cfg: GanflowConfig, force: bool = False) -> dict:
     The source and the registry are checked before any compute, so a missing bucket, bad
     credentials or an unreachable server fail in seconds and nothing is registered.
     """
-    from flows.environment import (configured_prefect_api, data_source, mlflow_ui_command,
-                                   outside_systems_summary, prefect_ui_command)
+    from flows.environment import data_source, flow_api, mlflow_ui_command, outside_systems_summary, prefect_ui_command
     from tasks.ingest import check_source
     from tasks.registry import mlflow_client
 
     logging.getLogger("ganflow").info("environment: %s", outside_systems_summary())
-    api = configured_prefect_api()
-    logging.getLogger("ganflow").info("Prefect API: %s", f"{api[0]} (from {api[1]})" if api else
-                                      "a temporary local server (no PREFECT_API_URL in the environment or profile)")
     with data_source(cfg) as cfg:
         check_source(cfg.data)
         mlflow_client(cfg.registry)
-        summary = ganflow_pipeline(config=cfg, force=force)
+        with flow_api() as api:
+            logging.getLogger("ganflow").info("Prefect API: %s", api)
+            summary = ganflow_pipeline(config=cfg, force=force)
     ui = mlflow_ui_command(summary["tracking_uri"]) if summary.get("tracking_uri") else None
     return {**summary, "mlflow_ui": ui, "prefect_ui": prefect_ui_command()}
 

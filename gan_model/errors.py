@@ -8,7 +8,13 @@ catch it in one place, and Prefect's retry policy asks `retryable`.
 
 from __future__ import annotations
 
+import threading
+
 EXIT_FAILURE, EXIT_USAGE = 1, 2
+# Set when the user stops the process (Ctrl-C, SIGTERM, SIGHUP): from then on nothing is retried.
+# A terminal's Ctrl-C also reaches the servers this process started in its process group (Prefect's
+# temporary API among them), so what fails next fails because of the stop, not by chance.
+STOPPING = threading.Event()
 
 
 class GanflowError(Exception):
@@ -39,5 +45,8 @@ class TrainingFailed(TransientError):
 
 
 def is_retryable(err: BaseException) -> bool:
-    """Anything that is not a GanflowError is unexpected, so it is treated as transient."""
+    """Anything that is not a GanflowError is unexpected, so it is treated as transient; nothing
+    is retried once the process is stopping."""
+    if STOPPING.is_set():
+        return False
     return err.retryable if isinstance(err, GanflowError) else isinstance(err, Exception)

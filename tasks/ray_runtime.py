@@ -35,6 +35,7 @@ LOOPBACK = "127.0.0.1"
 LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token", "NCCL_SOCKET_IFNAME": "lo"}
 
 _watchdog: subprocess.Popen | None = None
+_local_roots: set[int] = set()  # the processes ray.init started for the local instance
 
 
 def prepare_local_ray_env() -> None:
@@ -109,8 +110,9 @@ def ensure_ray(num_cpus_needed: float = 1, dashboard: bool = False) -> None:
     ray.init(num_cpus=max(os.cpu_count() or 1, int(num_cpus_needed + 0.999)), _node_ip_address=LOOPBACK,
              include_dashboard=dashboard, dashboard_host=LOOPBACK,
              runtime_env={"worker_process_setup_hook": rendezvous_on_loopback}, **quiet)
-    global _watchdog
-    _watchdog = watchdog.start(_children(os.getpid()) - before)  # the processes ray.init just started
+    global _watchdog, _local_roots
+    _local_roots = _children(os.getpid()) - before  # the processes ray.init just started
+    _watchdog = watchdog.start(_local_roots)
     address = ray.util.get_node_ip_address()
     if address != LOOPBACK:
         shutdown_ray()
@@ -119,14 +121,41 @@ def ensure_ray(num_cpus_needed: float = 1, dashboard: bool = False) -> None:
                            f"it), or set RAY_ADDRESS to a cluster")
 
 
+def kill_local_actors(class_name: str) -> int:
+    """SIGKILL the processes of the local instance's actors of `class_name`; returns how many.
+
+    For an interrupted `trainer.fit()`, whose thread is blocked in Ray: killing its TrainController
+    makes that call raise at once (the workers, which the controller owns, die with it), so the
+    thread is out of Ray before `ray.shutdown()`. Shutting down under a thread still in Ray makes
+    Ray's core exit the whole process with status 1, whatever the caller meant to exit with.
+    """
+    import signal
+
+    title = f"ray::{class_name}".encode()
+    seen, todo, killed = set(), list(_local_roots), 0
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        todo.extend(_children(pid))
+        try:
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(title):
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+        except OSError:
+            continue
+    return killed
+
+
 def shutdown_ray() -> None:
     if "ray" in sys.modules:  # never import Ray just to find it was not used
         import ray
         if ray.is_initialized():
             ray.shutdown()
-    global _watchdog
+    global _watchdog, _local_roots
     watchdog.stop(_watchdog)  # it kills any straggler of the instance just shut down, then exits
-    _watchdog = None
+    _watchdog, _local_roots = None, set()
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ from typing import Callable
 from gan_model.checkpoint import CHECKPOINT_FILE
 from gan_model.config import DataConfig, GanflowConfig
 from gan_model.errors import GanflowError, TrainingFailed
-from tasks.ray_runtime import ensure_ray
+from tasks.ray_runtime import ensure_ray, kill_local_actors
 from tasks.storage import is_s3, local_folder
 from tasks.types import DatasetVersion, TrainResult
 
@@ -191,6 +191,11 @@ def _fit_watched(trainer, progress: _Progress):
         while thread.is_alive():
             thread.join(timeout=2.0)
             progress.drain()
+    except BaseException:  # interrupted: get the fit thread out of Ray before Ray is shut down
+        if kill_local_actors("TrainController"):
+            log.warning("interrupted: stopped the training run; it resumes from its last checkpoint")
+            thread.join(timeout=30)
+        raise
     finally:
         progress.close()
     if "error" in outcome:

@@ -24,9 +24,10 @@ def test_readme_documents_the_two_commands_and_every_config_key():
 @pytest.mark.timeout(960)
 def test_smoke_command_from_the_readme_on_a_busy_machine(tmp_path, run_cli):
     """A new user's first run: nothing configured (no ~/.aws, so the embedded default applies; no
-    Prefect, MLflow or Ray settings), a fresh Prefect database, and both CPUs busy while Prefect's
-    ephemeral API starts and migrates it. With Prefect's default 20 s start-up budget that failed
-    at random ("Timed out while attempting to connect to ephemeral Prefect API server")."""
+    Prefect, MLflow or Ray settings), a fresh Prefect database, and both CPUs busy while the local
+    Prefect server starts and migrates it. With the 20 s start-up budget of Prefect's own temporary
+    server that failed at random ("Timed out while attempting to connect to ephemeral Prefect API
+    server"); ganflow's local server waits up to 180 s."""
     command = re.search(r"^(ganflow run --config configs/smoke\.yaml --json)$", README, re.M)
     assert command, "the README shows the smoke command"
     args = command.group(1).split()[1:]
