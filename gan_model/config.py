@@ -187,6 +187,12 @@ class TrainRecipe(_Section):
         "auto", description="autocast dtype of the forward passes; auto = bf16 on CUDA, fp32 elsewhere")
     seed: int = 0
 
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, v):
+        # YAML reads a bare on/off as a boolean (`--set train.augment=off` included).
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
     @field_validator("augment_policy")
     @classmethod
     def _known_transforms(cls, v: str) -> str:

@@ -258,7 +258,7 @@ def train(
     z_dim = model.z_dim
     real_batch = batch_source(data, device, device_data_bytes)
     sums = torch.zeros(len(METRICS), dtype=torch.float64, device=device)
-    zero = torch.zeros((), device=device)
+    zero, one = torch.zeros((), device=device), torch.ones((), device=device)
     n_since, t_since = 0, time.perf_counter()
     metrics: dict = {"step": start}
     if start >= tc.steps:  # already complete (a re-run): report the final metrics, no new checkpoint
@@ -314,7 +314,7 @@ def train(
         with torch.no_grad():
             sums += torch.stack([loss_real + loss_fake, loss_g, torch.sigmoid(real_logits).mean(),
                                  torch.sigmoid(fake_logits).mean(), r1.detach(),
-                                 (r1 is not zero) + zero]).double()
+                                 zero if r1 is zero else one]).double()
         n_since += 1
 
         # 6. Metrics every log_every steps, a checkpoint every checkpoint_every

@@ -12,7 +12,7 @@ BatchNorm in D.
   down-blocks (ReLU, 3x3 convs, 2x2 average pooling) to 4x4, one block without pooling, ReLU,
   global sum pooling and a spectrally normalised linear layer.
 
-Channels double towards 4x4 as in the paper's 128x128 networks (G: 16w at 4x4 down to w;
+Channels double towards 4x4 as in the paper's 128x128 networks (G: 16w at 4x4 and 8x8 down to w;
 D: w up to 16w), so `width` means what DCGAN's ngf/ndf mean: channels at full resolution.
 """
 
@@ -65,7 +65,8 @@ class Generator(nn.Module):
         self.z_dim, self.channels, self.resolution = z_dim, channels, resolution
         self.kwargs = {"z_dim": z_dim, "width": width, "channels": channels, "resolution": resolution}
         n = _n_blocks(resolution)
-        widths = [width * 2 ** (n - i) for i in range(n + 1)]  # at 4x4, ..., at full resolution
+        # 4x4 and after each up-block: the first keeps the width (16w, 16w, 8w, ..., w at 128x128).
+        widths = [width * 2 ** (n - 1)] + [width * 2 ** (n - 1 - i) for i in range(n)]
         # The paper's Linear(z_dim, 4*4*c) written as a 4x4 transposed convolution with stride 4:
         # identical on a 1x1 latent, and on an h x w latent map it lays 4x4 tiles side by side, so
         # the image grows exactly in proportion (4h x 4w before the up-blocks).
