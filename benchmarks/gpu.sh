@@ -4,6 +4,7 @@
 #   benchmarks/gpu.sh wheels   # here, with internet: fetch the few wheels the GPU image lacks into .whl/
 #   benchmarks/gpu.sh          # there: results (markdown, JSON, logs) under $OUT (default ./gpu-results)
 #   DEVICE=cpu QUICK=1 benchmarks/gpu.sh   # dry run of every Python part on a CPU, tiny settings
+#   (PY=/path/to/python picks the interpreter; else .venv, else python3 with carried wheels)
 #
 # The lent machine has no internet and its own python3 with torch (no pydantic, torch-fidelity,
 # mlxtend, and not the pipeline's Prefect/Ray/MLflow/moto, which are too large to carry there):
@@ -32,7 +33,9 @@ if [ "${1:-}" = "wheels" ]; then
 fi
 
 # --- Python with what gan_model and the benchmarks import ---------------------------------
-if [ -x .venv/bin/python ] && .venv/bin/python -c "import torch, pydantic" 2>/dev/null; then
+if [ -n "${PY:-}" ]; then
+    :  # the caller's interpreter
+elif [ -x .venv/bin/python ] && .venv/bin/python -c "import torch, pydantic" 2>/dev/null; then
     PY=.venv/bin/python
 else
     PY=python3
@@ -98,11 +101,11 @@ step quality 330 $PY -m benchmarks.bench_quality --device "$DEVICE" --budget-s $
 step fid 120 $PY -c "from benchmarks.bench_fid import run, to_markdown; print('\n'.join(to_markdown(run(n=$FIDN, batch=128))))"
 
 # 5. The pipeline on the GPU, where Prefect, Ray, MLflow and moto are installed.
-if $PY -c "import prefect, ray, mlflow, boto3, moto" 2>/dev/null; then
+if [ "$DEVICE" = cuda ] && $PY -c "import prefect, ray, mlflow, boto3, moto" 2>/dev/null; then
     step pipeline 300 $PY -c "import sys; from flows.cli import main; sys.exit(main(sys.argv[1:]))" run --config configs/smoke.yaml --json --set train.use_gpu=true \
         --set train.num_workers=1 --set model.architecture=resnet_sngan
 else
-    echo "== pipeline: skipped (Prefect/Ray/MLflow/moto not installed here; steps 1-3 ran the same loop on $DEVICE)" \
+    echo "== pipeline: skipped (needs DEVICE=cuda and Prefect/Ray/MLflow/moto; steps 1-3 ran the same loop on $DEVICE)" \
         | tee -a "$OUT/summary.md"
 fi
 echo "results in $OUT"
