@@ -279,3 +279,15 @@ def test_rank_data_partitions_without_overlap():
 def test_too_few_images_for_a_batch_is_a_clear_error():
     with pytest.raises(ValueError, match="fewer than 64 per worker"):
         RankData(random_images(10), seed=0, batch_size=64)
+
+
+def test_an_exported_resnet_generator_rebuilds_as_resnet_sngan(tmp_path):
+    """What evaluation, `ganflow sample` and the served pyfunc model load."""
+    from gan_model.architectures.resnet_sngan import Generator as ResnetGenerator
+    from gan_model.checkpoint import ema_generator, export_generator, load_generator, save_checkpoint
+    state = _final_state(cfg_for(steps=2, **{"model.architecture": "resnet_sngan"}), random_images())
+    save_checkpoint(tmp_path / "ckpt", state)
+    g = load_generator(export_generator(tmp_path / "ckpt", tmp_path / "generator.pt"))
+    assert type(g) is ResnetGenerator
+    z = torch.randn(3, 8)
+    torch.testing.assert_close(g(z), ema_generator(tmp_path / "ckpt")(z))
