@@ -10,7 +10,8 @@ torch.compile). The plain loop is `dcgan/main.py`'s: fp32, batches copied from t
 `.item()` on its losses every step (the example prints them every step).
 
 Runs alternate (A B A B ...) and the ratio of medians is reported, since absolute numbers on a
-shared machine are noisy.
+shared machine are noisy. On a CPU shared with other work, `--clock process` times each loop by
+its own CPU time (with one thread, what other processes' load does not inflate).
 
     python -m benchmarks.bench_train_step --device cuda --resolution 64 --batch 256 --width 64
 """
@@ -48,16 +49,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def ganflow_images_per_s(cfg, images: np.ndarray, warmup: int, device: torch.device, compile: bool) -> float:
+CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
+
+
+def ganflow_images_per_s(cfg, images: np.ndarray, warmup: int, device: torch.device, compile: bool,
+                         clock=time.perf_counter) -> float:
     marks = {}
 
     def before(step: int) -> None:
         if step == warmup:
             _sync(device)
-            marks["t0"] = time.perf_counter()
+            marks["t0"] = clock()
 
     def report(metrics, ckpt) -> None:  # the final log step has already waited for the device
-        marks.setdefault("t1", time.perf_counter())
+        marks.setdefault("t1", clock())
 
     train(cfg.model, cfg.train.recipe(), RankData(images, seed=0, batch_size=cfg.train.batch_size),
           log_every=cfg.train.log_every, checkpoint_every=cfg.train.checkpoint_every, device=device,
@@ -65,7 +70,8 @@ def ganflow_images_per_s(cfg, images: np.ndarray, warmup: int, device: torch.dev
     return (cfg.train.steps - warmup) * cfg.train.batch_size / (marks["t1"] - marks["t0"])
 
 
-def baseline_images_per_s(cfg, images: np.ndarray, warmup: int, device: torch.device) -> float:
+def baseline_images_per_s(cfg, images: np.ndarray, warmup: int, device: torch.device,
+                          clock=time.perf_counter) -> float:
     """pytorch/examples dcgan/main.py's loop, with the same networks (logits + BCEWithLogits)."""
     torch.manual_seed(0)
     net_g, net_d = (m.to(device) for m in build_networks(cfg.model, cfg.data.channels, cfg.data.resolution))
@@ -78,7 +84,7 @@ def baseline_images_per_s(cfg, images: np.ndarray, warmup: int, device: torch.de
     for i in range(cfg.train.steps):
         if i == warmup:
             _sync(device)
-            t0 = time.perf_counter()
+            t0 = clock()
         start = (i * b) % (len(data) - b)
         real = data[start:start + b].to(device).float().div_(127.5).sub_(1)
         net_d.zero_grad()
@@ -103,12 +109,12 @@ def baseline_images_per_s(cfg, images: np.ndarray, warmup: int, device: torch.de
         opt_g.step()
         _ = ((err_real + err_fake).item(), err_g.item(), d_x, d_g_z1, d_g_z2)  # what the example prints
     _sync(device)
-    return (cfg.train.steps - warmup) * b / (time.perf_counter() - t0)
+    return (cfg.train.steps - warmup) * b / (clock() - t0)
 
 
 def run(cases=CPU_CASES, repeats: int = 3, device: str = "cpu", compile: bool = False,
-        channels: int = 1, warmup: int = 2) -> list[dict]:
-    device = torch.device(device)
+        channels: int = 1, warmup: int = 2, clock: str = "wall") -> list[dict]:
+    device, timer = torch.device(device), CLOCKS[clock]
     rows = []
     for arch, resolution, width, batch, steps in cases:
         cfg = _config(arch, resolution, width, batch, steps, channels)
@@ -116,10 +122,11 @@ def run(cases=CPU_CASES, repeats: int = 3, device: str = "cpu", compile: bool = 
                                                    dtype=np.uint8)
         ours, base = [], []
         for _ in range(repeats):
-            ours.append(ganflow_images_per_s(cfg, images, warmup, device, compile))
-            base.append(baseline_images_per_s(cfg, images, warmup, device))
+            ours.append(ganflow_images_per_s(cfg, images, warmup, device, compile, timer))
+            base.append(baseline_images_per_s(cfg, images, warmup, device, timer))
         rows.append({"case": f"{arch} {resolution}x{resolution}x{channels}, width {width}, batch {batch}, "
-                             f"{steps} steps, {device.type}{', compiled' if compile else ''}",
+                             f"{steps} steps, {device.type}{', compiled' if compile else ''}"
+                             f"{', CPU time' if clock == 'process' else ''}",
                      "ganflow": statistics.median(ours), "baseline": statistics.median(base),
                      "ratio": statistics.median(ours) / statistics.median(base)})
     return rows
@@ -142,12 +149,16 @@ def main(argv: list[str]) -> None:
     p.add_argument("--warmup", type=int, default=10, help="steps not timed (cuDNN autotuning, compilation)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall", help="process: CPU time (shared CPUs)")
+    p.add_argument("--cpu-cases", action="store_true", help="the CPU cases of `make bench` instead of one size")
     p.add_argument("--json", help="also write the rows to this file")
     a = p.parse_args(argv)
-    cases = [(arch, a.resolution, a.width, a.batch, a.steps) for arch in a.archs.split(",")]
+    cases = CPU_CASES if a.cpu_cases else [(arch, a.resolution, a.width, a.batch, a.steps)
+                                           for arch in a.archs.split(",")]
     if a.device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True  # both loops: the example sets it too
-    rows = run(cases, a.repeats, a.device, a.compile, a.channels, a.warmup)
+    rows = run(cases, a.repeats, a.device, a.compile, 1 if a.cpu_cases else a.channels,
+               2 if a.cpu_cases else a.warmup, a.clock)
     print("\n".join(to_markdown(rows)))
     if a.json:
         with open(a.json, "w") as f:
