@@ -35,12 +35,14 @@ from gan_model.architectures import architecture, build_networks, generator_kwar
 from gan_model.augment import augment_generator, augmentation_on, diff_augment
 from gan_model.checkpoint import save_checkpoint
 from gan_model.config import ModelConfig, TrainRecipe
-from gan_model.ema import ema_beta_from_halflife, ema_decay_at, update_ema
+from gan_model.ema import ema_beta_from_halflife, ema_decay_at, recalibrate_batchnorm, update_ema
 from gan_model.losses import LOSSES, r1_penalty
 from gan_model.shards import ShardedImages
 
 # A data set up to this size (and a quarter of the free GPU memory) is kept on the GPU as uint8.
 DEVICE_DATA_BYTES = 4 << 30
+# Batches of seeded latents that re-estimate G_ema's BatchNorm statistics for each checkpoint.
+EMA_BN_BATCHES = 16
 
 
 def _identity(module: nn.Module, *, broadcast_buffers: bool = True) -> nn.Module:
@@ -228,7 +230,15 @@ def train(
     fast = torch.compile if compile else (lambda m: m)
     g_fwd, d_fwd, d_plain_fwd = fast(g), fast(d), fast(d_plain)
 
+    def ema_bn_latents():
+        gen = torch.Generator().manual_seed(int(np.random.SeedSequence([tc.seed, 0xB17]).generate_state(1)[0]))
+        for _ in range(EMA_BN_BATCHES):
+            yield torch.randn(data.batch_size, model.z_dim, generator=gen).to(device)
+
     def checkpoint_state(step: int) -> dict:
+        # The saved G_ema gets statistics of its own weights; the next step's update_ema copies
+        # G's again, so training (and resuming) is unaffected.
+        recalibrate_batchnorm(g_ema, ema_bn_latents())
         return {"format": "ganflow-ckpt/1", "step": step, "seed": tc.seed, "world_size": world,
                 "G": g_plain.state_dict(), "D": d_plain.state_dict(), "G_ema": g_ema.state_dict(),
                 "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),

@@ -291,3 +291,18 @@ def test_an_exported_resnet_generator_rebuilds_as_resnet_sngan(tmp_path):
     assert type(g) is ResnetGenerator
     z = torch.randn(3, 8)
     torch.testing.assert_close(g(z), ema_generator(tmp_path / "ckpt")(z))
+
+
+def test_the_saved_ema_generator_has_batchnorm_statistics_of_its_own_weights():
+    from gan_model.ema import recalibrate_batchnorm
+    state = _final_state(cfg_for(steps=2), random_images())
+    assert not torch.equal(state["G_ema"]["main.1.running_mean"], state["G"]["main.1.running_mean"])
+    g = Generator(z_dim=8, width=4, resolution=16)
+    g.load_state_dict(state["G_ema"])
+    z = [torch.randn(64, 8, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    recalibrate_batchnorm(g, z)
+    acts = g.main[1].running_mean  # after the first ConvTranspose: its mean over all latents seen
+    with torch.no_grad():
+        expected = torch.cat([g.main[0](zz.view(64, 8, 1, 1)) for zz in z]).mean(dim=(0, 2, 3))
+    torch.testing.assert_close(acts, expected, rtol=1e-4, atol=1e-5)
+    assert not g.training
