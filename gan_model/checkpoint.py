@@ -1,7 +1,8 @@
 """Training checkpoints and the exported generator.
 
 A checkpoint holds everything needed to continue bit-for-bit: G, D, the EMA
-generator, both optimisers and the step. Random streams are a pure function
+generator, both optimisers and the step, and `generator_kwargs` (the
+architecture and its constructor arguments) to rebuild the generator alone. Random streams are a pure function
 of (seed, rank, step) in the training loop, so the step restores them too.
 """
 
@@ -11,7 +12,9 @@ from pathlib import Path
 
 import torch
 
-from gan_model.networks import Generator
+from torch import nn
+
+from gan_model.architectures import build_generator
 
 CHECKPOINT_FILE = "checkpoint.pt"
 GENERATOR_FILE = "generator.pt"
@@ -40,16 +43,17 @@ def export_generator(checkpoint_dir: str | Path, out_path: str | Path) -> Path:
     return out_path
 
 
-def ema_generator(checkpoint_dir: str | Path) -> Generator:
+def ema_generator(checkpoint_dir: str | Path) -> nn.Module:
     """The EMA generator of a training checkpoint, ready to sample (weights only)."""
     state = load_checkpoint(checkpoint_dir)
-    g = Generator(**state["generator_kwargs"])
+    g = build_generator(state["generator_kwargs"])
     g.load_state_dict(state["G_ema"])
     return g.eval().requires_grad_(False)
 
 
-def load_generator(path: str | Path, map_location: str | torch.device = "cpu") -> Generator:
+def load_generator(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+    """An exported generator, of whichever registered architecture its kwargs name."""
     blob = torch.load(path, map_location=map_location, weights_only=True)
-    g = Generator(**blob["kwargs"])
+    g = build_generator(blob["kwargs"])
     g.load_state_dict(blob["state_dict"])
     return g.eval().requires_grad_(False)

@@ -169,11 +169,23 @@ class DataConfig(Preprocessing):
 
 
 class ModelConfig(_Section):
-    architecture: Literal["dcgan"] = "dcgan"
+    # The names of gan_model/architectures/ (a test keeps the two lists equal); listed here so
+    # that validating a config never imports torch.
+    architecture: Literal["dcgan", "resnet_sngan"] = Field(
+        "dcgan", description="network family: dcgan (Radford et al. 2015, the PyTorch examples' networks) or "
+        "resnet_sngan (Miyato et al. 2018: ResNet G, spectrally normalised ResNet D)")
     z_dim: int = Field(64, gt=0, description="latent size")
-    g_width: int = Field(32, gt=0, description="generator channels at the last hidden layer (DCGAN's ngf)")
-    d_width: int = Field(32, gt=0, description="discriminator channels at the first layer (DCGAN's ndf)")
-    d_norm: Literal["batch", "spectral", "none"] = Field("batch", description="normalisation in D")
+    g_width: int = Field(32, gt=0, description="generator channels at full resolution (DCGAN's ngf); "
+                         "they double towards 4x4")
+    d_width: int = Field(32, gt=0, description="discriminator channels at its first layer (DCGAN's ndf)")
+    d_norm: Literal["auto", "batch", "spectral", "none"] = Field(
+        "auto", description="normalisation in D; auto = the family's own (dcgan: batch, resnet_sngan: spectral)")
+
+    @model_validator(mode="after")
+    def _norm_fits_architecture(self) -> "ModelConfig":
+        if self.architecture == "resnet_sngan" and self.d_norm == "batch":
+            raise ValueError("d_norm=batch does not apply to resnet_sngan (its D is spectral or none)")
+        return self
 
 
 class TrainRecipe(_Section):
@@ -189,8 +201,44 @@ class TrainRecipe(_Section):
     base_batch: int = Field(64, gt=0, description="global batch at which lr_g/lr_d apply as given")
     beta1: float = Field(0.5, ge=0, lt=1)
     beta2: float = Field(0.999, ge=0, lt=1)
-    ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA of G; ramped up during the first steps")
+    loss: Literal["auto", "non_saturating", "hinge"] = Field(
+        "auto", description="GAN loss; auto = the family's own (dcgan: non_saturating, resnet_sngan: hinge)")
+    r1_gamma: float = Field(0.0, ge=0, description="R1 penalty weight on real images (Mescheder et al. 2018); 0 = off")
+    r1_every: int = Field(16, gt=0, description="lazy R1: computed every this many steps, scaled by it (StyleGAN2)")
+    augment: Literal["auto", "on", "off"] = Field(
+        "auto", description="DiffAugment on every image D sees (Zhao et al. 2020); auto = on below 5,000 images")
+    augment_policy: str = Field("color,translation,cutout", description="comma-separated DiffAugment transforms: "
+                                "color, translation, cutout")
+    ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA of G per step; ramped up during the first steps")
+    ema_halflife_kimg: float | None = Field(
+        None, gt=0, description="EMA of G by half-life in thousands of images (StyleGAN2, EDM); replaces ema_decay "
+        "(then keep ema_decay at its default): beta = 0.5 ** (global batch / (1000 * ema_halflife_kimg))")
+    ema_rampup: float = Field(0.05, ge=0, description="with ema_halflife_kimg: the half-life is at most this "
+                              "fraction of the images seen so far (0 = no ramp-up)")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="autocast dtype of the forward passes; auto = bf16 on CUDA, fp32 elsewhere")
     seed: int = 0
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, v):
+        # YAML reads a bare on/off as a boolean (`--set train.augment=off` included).
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
+    @field_validator("augment_policy")
+    @classmethod
+    def _known_transforms(cls, v: str) -> str:
+        names = [p.strip() for p in v.split(",") if p.strip()]
+        unknown = set(names) - {"color", "translation", "cutout"}
+        if not names or unknown:
+            raise ValueError(f"must name transforms among color, translation, cutout, got {v!r}")
+        return ",".join(names)
+
+    @model_validator(mode="after")
+    def _one_ema_setting(self) -> "TrainRecipe":
+        if self.ema_halflife_kimg is not None and self.ema_decay != 0.999:
+            raise ValueError("set train.ema_decay or train.ema_halflife_kimg, not both")
+        return self
 
     def lr_scale(self) -> float:
         ratio = self.batch_size * self.num_workers / self.base_batch
@@ -201,6 +249,8 @@ class TrainConfig(TrainRecipe):
     """Where training runs, how it reports and recovers: changing these resumes the same run."""
 
     use_gpu: bool = False
+    compile: bool = Field(False, description="torch.compile the forward passes of G and D (R1's double backward "
+                          "stays eager); pays a compile time per worker start")
     resources_per_worker: dict[str, float] = Field(default_factory=dict, description="e.g. {CPU: 4, GPU: 1}")
     checkpoint_every: int = Field(250, gt=0)
     keep_checkpoints: int = Field(2, gt=0)

@@ -104,7 +104,8 @@ def _train_worker(config: dict) -> None:
     if config["before_step"] is not None:
         hooks.before_step = config["before_step"]
     train(ModelConfig.model_validate(config["model"]), recipe, data, log_every=config["log_every"],
-          checkpoint_every=config["checkpoint_every"], device=device, resume=resume, hooks=hooks)
+          checkpoint_every=config["checkpoint_every"], device=device, resume=resume, hooks=hooks,
+          compile=config["compile"])
 
 
 class _Progress:
@@ -248,6 +249,7 @@ def train_gan(cfg: GanflowConfig, dataset: DatasetVersion, *,
                            "model": cfg.model.model_dump(mode="json"),
                            "data": cfg.data.model_dump(mode="json"), "dataset_uri": dataset.uri,
                            "log_every": tc.log_every, "checkpoint_every": tc.checkpoint_every,
+                           "compile": tc.compile,
                            "threads": max(1, tc.threads_per_worker or int(resources.get("CPU", 1))),
                            "name": name, "before_step": before_step},
         scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu,

@@ -27,7 +27,9 @@ def test_pipeline_registers_evaluates_promotes_and_is_idempotent(prefect_harness
     from flows.pipeline import ganflow_pipeline
 
     upload_images(s3, bucket, "digits/", digits(256, size=16))
-    cfg = tiny_config(tmp_path, f"s3://{bucket}/digits/", s3_server.url)
+    # The SNGAN ResNets: the registered generator must rebuild as its architecture everywhere
+    # (evaluation, the pyfunc model, `ganflow sample`).
+    cfg = tiny_config(tmp_path, f"s3://{bucket}/digits/", s3_server.url, "model.architecture=resnet_sngan")
     name, uri = cfg.registry.model_name, cfg.registry.tracking_uri
     client = MlflowClient(uri, uri)
 

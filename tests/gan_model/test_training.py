@@ -115,6 +115,160 @@ def test_resuming_from_a_checkpoint_equals_the_uninterrupted_run():
     assert [m["step"] for m in resumed["history"]] == [1, 2, 3, 4]
 
 
+def test_resuming_resnet_sngan_with_augmentation_r1_and_ema_halflife_is_exact():
+    images = random_images()
+    over = {"model.architecture": "resnet_sngan", "train.augment": "on", "train.r1_gamma": 1.0,
+            "train.r1_every": 2, "train.ema_halflife_kimg": 0.01}
+    full = _final_state(cfg_for(steps=4, **over), images)
+    half = _final_state(cfg_for(steps=2, **over), images)
+    resumed = _final_state(cfg_for(steps=4, **over), images, resume=half)
+    assert full["generator_kwargs"]["architecture"] == "resnet_sngan"
+    for part in ("G", "D", "G_ema"):
+        for k in full[part]:
+            torch.testing.assert_close(resumed[part][k], full[part][k], rtol=1e-5, atol=1e-6)
+    assert [m["r1"] > 0 for m in resumed["history"]] == [True, False, True, False]  # R1 on steps 0 and 2
+
+
+def test_determinism_of_resnet_sngan_with_augmentation():
+    images = random_images()
+    over = {"model.architecture": "resnet_sngan", "train.augment": "on", "train.r1_gamma": 1.0}
+    a = _final_state(cfg_for(steps=2, **over), images)
+    b = _final_state(cfg_for(steps=2, **over), images)
+    for k in a["G"]:
+        assert torch.equal(a["G"][k], b["G"][k])
+
+
+@pytest.mark.parametrize("arch", ["dcgan", "resnet_sngan"])
+@pytest.mark.parametrize("loss", ["non_saturating", "hinge"])
+@pytest.mark.parametrize("r1", [0.0, 10.0])
+def test_one_step_for_every_architecture_loss_and_r1(arch, loss, r1):
+    cfg = cfg_for(steps=1, **{"model.architecture": arch, "train.loss": loss, "train.r1_gamma": r1,
+                              "train.r1_every": 1})
+    reports = []
+    train_with(cfg, RankData(random_images(16), seed=0, batch_size=8), hooks=Hooks(report=lambda m, c: reports.append(m)))
+    (m,) = reports
+    assert all(np.isfinite(v) for v in m.values())
+    assert ("r1" in m) == (r1 > 0)
+
+
+def test_bf16_autocast_runs_a_step_on_the_cpu_too():
+    reports = []
+    train_with(cfg_for(steps=2, **{"train.precision": "bf16", "model.architecture": "resnet_sngan",
+                                   "train.r1_gamma": 1.0, "train.r1_every": 2}),
+               RankData(random_images(16), seed=0, batch_size=8), hooks=Hooks(report=lambda m, c: reports.append(m)))
+    assert all(np.isfinite(v) for m in reports for v in m.values())
+
+
+def test_losses_and_r1_penalty_have_their_textbook_values():
+    from gan_model.losses import LOSSES, r1_penalty
+    logits = torch.tensor([-2.0, 0.5, 3.0])
+    hinge = LOSSES["hinge"]
+    assert hinge.d_real(logits).item() == pytest.approx((3.0 + 0.5 + 0.0) / 3)
+    assert hinge.d_fake(logits).item() == pytest.approx((0.0 + 1.5 + 4.0) / 3)
+    assert hinge.g(logits).item() == pytest.approx(-1.5 / 3)
+    ns = LOSSES["non_saturating"]
+    assert ns.d_real(logits).item() == pytest.approx(-torch.log(torch.sigmoid(logits)).mean().item(), rel=1e-6)
+    w = torch.randn(1, 2, 3, 3)  # a linear D: its input gradient is w everywhere, the penalty ||w||^2
+    x = torch.randn(5, 2, 3, 3, requires_grad=True)
+    assert r1_penalty((x * w).sum(dim=(1, 2, 3)), x).item() == pytest.approx(w.square().sum().item(), rel=1e-5)
+
+
+def test_ema_by_half_life_halves_after_the_half_life_and_ramps_up():
+    from gan_model.ema import ema_beta_from_halflife
+    beta = ema_beta_from_halflife(10**6, 64, 10.0, 0.0)
+    assert beta ** (10_000 / 64) == pytest.approx(0.5)
+    assert ema_beta_from_halflife(0, 64, 10.0, 0.05) == 0.0  # the first step copies G
+    assert ema_beta_from_halflife(100, 64, 10.0, 0.05) == pytest.approx(0.5 ** (64 / (100 * 64 * 0.05)))
+    from gan_model.errors import ConfigError
+    with pytest.raises(ConfigError, match="not both"):
+        tiny_training("train.ema_decay=0.99", "train.ema_halflife_kimg=10")
+
+
+def test_every_image_d_sees_is_augmented_with_the_same_policy(monkeypatch):
+    """Reals and fakes in D's step and fakes in G's step: augmenting only some would let G win by
+    producing augmented-looking images (Zhao et al. 2020, section 3)."""
+    import gan_model.training as training
+    calls, original = [], training.diff_augment
+
+    def recording(x, policy, gen):
+        calls.append((policy, x.requires_grad))
+        return original(x, policy, gen)
+    monkeypatch.setattr(training, "diff_augment", recording)
+    train_with(cfg_for(steps=2, **{"train.augment": "on", "train.augment_policy": "translation,cutout"}),
+               RankData(random_images(16), seed=0, batch_size=8))
+    assert [p for p, _ in calls] == ["translation,cutout"] * 6  # 3 passes x 2 steps
+    assert [g for _, g in calls[:3]] == [False, False, True]  # G's pass differentiates through it
+    calls.clear()
+    train_with(cfg_for(steps=2, **{"train.augment": "auto"}), RankData(random_images(16), seed=0, batch_size=8))
+    assert len(calls) == 6  # 16 images: auto is on
+    calls.clear()
+    train_with(cfg_for(steps=2, **{"train.augment": "off"}), RankData(random_images(16), seed=0, batch_size=8))
+    assert calls == []
+
+
+def test_the_step_never_reads_a_value_back_from_the_device_between_log_steps(monkeypatch):
+    """Only the log step synchronises with the device (one tolist); .item() in the loop would
+    stall a GPU every step."""
+    import sys
+    reads = []
+    for name in ("item", "tolist", "cpu", "numpy"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _name=name, _original=original, **k):
+            if "gan_model" in sys._getframe(1).f_code.co_filename:
+                reads.append(_name)
+            return _original(self, *a, **k)
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    cfg = tiny_training("train.steps=6", "train.log_every=3", "train.checkpoint_every=100", "train.r1_gamma=1",
+                        "train.r1_every=2", "train.augment=on")
+    train_with(cfg, RankData(random_images(16), seed=0, batch_size=8))
+    assert reads == ["tolist", "tolist"]
+
+
+def test_a_device_resident_data_set_gives_the_same_batches():
+    from gan_model.training import resident_batches
+    data = RankData(random_images(40), seed=2, rank=1, world_size=2, batch_size=8)
+    batches = resident_batches(data, torch.device("cpu"))
+    for step in range(5):  # across an epoch boundary
+        assert np.array_equal(batches(step).numpy(), data.batch(step))
+
+
+def test_a_tiny_model_overfits_sixteen_images():
+    """300 steps on 16 digits: D tells them from G's samples, and G's samples move from noise to
+    the digits (mean distance to the nearest training image, against uniform noise's and the
+    untrained G's). Augmentation off: it exists to stop exactly this."""
+    from gan_model.architectures import build_generator
+    from tests.helpers import digits
+    x = digits(16, 16)[:, None]
+    cfg = tiny_training("train.steps=300", "train.batch_size=16", "model.g_width=8", "model.d_width=8",
+                        "model.z_dim=16", "train.log_every=50", "train.checkpoint_every=300", "train.augment=off")
+    out = _final_state_and_history(cfg, x)
+    last = out["history"][-1]
+    assert last["d_real"] - last["d_fake"] > 0.6
+
+    def nn_distance(samples):
+        ref = torch.from_numpy(x).float().div(127.5).sub(1).flatten(1)
+        return torch.cdist(samples.flatten(1), ref).min(dim=1).values.mean().item()
+    trained, untrained = build_generator(out["generator_kwargs"]), build_generator(out["generator_kwargs"])
+    trained.load_state_dict(out["G_ema"])
+    z = torch.randn(64, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        d_trained, d_untrained = nn_distance(trained.eval()(z)), nn_distance(untrained.eval()(z))
+    d_noise = nn_distance(torch.rand(64, 1, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1)
+    assert d_trained < 0.6 * d_noise and d_trained < 0.75 * d_untrained, (d_trained, d_untrained, d_noise)
+
+
+def _final_state_and_history(cfg, images):
+    out = {}
+
+    def keep(metrics, ckpt):
+        if ckpt:
+            from gan_model.checkpoint import load_checkpoint
+            out.update(load_checkpoint(ckpt))
+    train_with(cfg, RankData(images, seed=cfg.train.seed, batch_size=cfg.train.batch_size), hooks=Hooks(report=keep))
+    return out
+
+
 def test_rank_data_partitions_without_overlap():
     images = random_images(100)
     shares = [RankData(images, seed=3, rank=r, world_size=3, batch_size=8).local for r in range(3)]
@@ -125,3 +279,30 @@ def test_rank_data_partitions_without_overlap():
 def test_too_few_images_for_a_batch_is_a_clear_error():
     with pytest.raises(ValueError, match="fewer than 64 per worker"):
         RankData(random_images(10), seed=0, batch_size=64)
+
+
+def test_an_exported_resnet_generator_rebuilds_as_resnet_sngan(tmp_path):
+    """What evaluation, `ganflow sample` and the served pyfunc model load."""
+    from gan_model.architectures.resnet_sngan import Generator as ResnetGenerator
+    from gan_model.checkpoint import ema_generator, export_generator, load_generator, save_checkpoint
+    state = _final_state(cfg_for(steps=2, **{"model.architecture": "resnet_sngan"}), random_images())
+    save_checkpoint(tmp_path / "ckpt", state)
+    g = load_generator(export_generator(tmp_path / "ckpt", tmp_path / "generator.pt"))
+    assert type(g) is ResnetGenerator
+    z = torch.randn(3, 8)
+    torch.testing.assert_close(g(z), ema_generator(tmp_path / "ckpt")(z))
+
+
+def test_the_saved_ema_generator_has_batchnorm_statistics_of_its_own_weights():
+    from gan_model.ema import recalibrate_batchnorm
+    state = _final_state(cfg_for(steps=2), random_images())
+    assert not torch.equal(state["G_ema"]["main.1.running_mean"], state["G"]["main.1.running_mean"])
+    g = Generator(z_dim=8, width=4, resolution=16)
+    g.load_state_dict(state["G_ema"])
+    z = [torch.randn(64, 8, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    recalibrate_batchnorm(g, z)
+    acts = g.main[1].running_mean  # after the first ConvTranspose: its mean over all latents seen
+    with torch.no_grad():
+        expected = torch.cat([g.main[0](zz.view(64, 8, 1, 1)) for zz in z]).mean(dim=(0, 2, 3))
+    torch.testing.assert_close(acts, expected, rtol=1e-4, atol=1e-5)
+    assert not g.training

@@ -104,7 +104,9 @@ def test_ddp_step_equals_the_single_process_average_of_per_worker_gradients(tmp_
     from gan_model.training import RankData, step_latents
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    cfg = tiny(tmp_path, "train.steps=1", "train.log_every=1", "train.checkpoint_every=100", f"model.d_norm={d_norm}")
+    # Augmentation off: the reference below is the plain step (128 images would turn it on).
+    cfg = tiny(tmp_path, "train.steps=1", "train.log_every=1", "train.checkpoint_every=100", f"model.d_norm={d_norm}",
+               "train.augment=off")
     dataset = make_dataset(tmp_path)
     TorchTrainer(_one_step_worker,
                  train_loop_config={"cfg": cfg.model_dump(mode="json"), "uri": dataset.uri, "out": str(tmp_path)},
