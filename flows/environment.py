@@ -42,7 +42,9 @@ def set_local_defaults() -> None:
     """Call before importing prefect, ray or mlflow."""
     if configured_prefect_api() is None:  # else the user's own Prefect: leave its home alone
         if not os.environ.get("PREFECT_HOME"):
-            os.environ["PREFECT_HOME"] = str((STATE_DIR / "prefect").resolve())
+            home = (STATE_DIR / "prefect").resolve()
+            home.mkdir(parents=True, exist_ok=True)  # else Prefect warns at import on a fresh checkout
+            os.environ["PREFECT_HOME"] = str(home)
         os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(EPHEMERAL_STARTUP_TIMEOUT_S))
     # ganflow's own log lines (data set counts, warnings, decisions) go to the run's logs in the UI.
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "ganflow")

@@ -42,6 +42,7 @@ def test_smoke_command_from_the_readme_on_a_busy_machine(tmp_path, run_cli):
             burner.kill()
             burner.wait()
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Warning" not in proc.stderr, proc.stderr[-3000:]  # e.g. Prefect's "Failed to create the Prefect home"
     result = json.loads(proc.stdout)  # exactly one JSON object: anything else would fail to parse
     for key in ("dataset_version", "n_images", "fid", "model_name", "model_version", "alias",
                 "mlflow_run_id", "flow_run_id", "sample_grid"):
