@@ -1,5 +1,5 @@
 """`make bench`: run every benchmark (or those named: ingest, train, fid, scaling, scaling_model, pipeline,
-quality) and append the results to benchmarks/RESULTS.md."""
+quality, quality_textures) and append the results to benchmarks/RESULTS.md."""
 
 from __future__ import annotations
 
@@ -50,9 +50,15 @@ BENCHMARKS = {
     "quality": ("Sample quality for the same training time",
                 "MNIST (5,000 digits padded to 32x32), each model trained for the same wall-clock budget one after "
                 "the other in one process; FID/KID of 2,048 samples against 2,048 digits."),
+    "quality_textures": ("Sample quality for the same training time, texture set",
+                         "The texture demo's crops (configs/textures.yaml), each model trained for the same "
+                         "wall-clock budget one after the other in one process; FID/KID of 2,048 samples against "
+                         "2,048 crops."),
 }
 MODULES = {"train": "bench_train_step", "ingest": "bench_ingest", "fid": "bench_fid", "scaling": "bench_scaling",
-           "pipeline": "bench_pipeline", "scaling_model": "scaling_model", "quality": "bench_quality"}
+           "pipeline": "bench_pipeline", "scaling_model": "scaling_model", "quality": "bench_quality",
+           "quality_textures": "bench_quality"}
+ARGS = {"quality_textures": {"dataset": "textures"}}  # run()'s arguments where not its defaults
 
 
 def main(which: list[str]) -> None:
@@ -69,7 +75,7 @@ def main(which: list[str]) -> None:
         module = importlib.import_module(f"benchmarks.{MODULES[name]}")
         lines += [f"\n## {title}, {stamp}\n",
                   f"Command: `make bench` (`python -m benchmarks.run {name}`). Machine: {machine()}. {what}\n"]
-        lines += module.to_markdown(module.run())
+        lines += module.to_markdown(module.run(**ARGS.get(name, {})))
     text = "\n".join(lines) + "\n"
     if not RESULTS.exists():
         RESULTS.write_text("# Benchmark results\n\nEach section is appended by `make bench`; "
