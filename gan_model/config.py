@@ -293,7 +293,8 @@ class EvalConfig(EvalProtocol):
         None, pattern=r"^[0-9a-f]{64}$", description="sha256 a weights file given by path or s3:// must have; "
         "None = the standard 2015-12-05 file's")
     num_workers: int | None = Field(None, gt=0, description="Ray workers that generate and extract features "
-                                    "(each its share, merged exactly); None = train.num_workers, 1 = on the driver")
+                                    "(each its share, merged exactly); None = train.num_workers while each gets at least 256 images, "
+                                    "else the driver; 1 = on the driver")
     timeout_s: float = Field(3 * 3600, gt=0, description="the evaluate step's time limit per attempt")
 
     def protocol(self) -> EvalProtocol:

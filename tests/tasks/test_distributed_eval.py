@@ -13,6 +13,21 @@ from tasks.distributed_eval import generated_stats_on_ray, shards
 from tests.helpers import digits
 
 
+def test_small_evaluations_stay_on_the_driver_unless_workers_are_asked_for():
+    from tasks.evaluate import MIN_IMAGES_PER_EVAL_WORKER, eval_workers
+
+    def workers(*sets: str) -> int:
+        cfg = build_config({}, ["eval.kid_subset_size=2", *sets])
+        return eval_workers(cfg.eval, cfg.train.num_workers)
+    assert MIN_IMAGES_PER_EVAL_WORKER == 256
+    assert workers("eval.n_generated=32", "train.num_workers=2") == 1  # the smoke run: not worth two workers
+    assert workers("eval.n_generated=511", "train.num_workers=2") == 1
+    assert workers("eval.n_generated=512", "train.num_workers=2") == 2
+    assert workers("eval.n_generated=10000", "train.num_workers=4") == 4  # never more than training used
+    assert workers("eval.n_generated=32", "eval.num_workers=3") == 3  # asked for: as asked
+    assert workers("eval.n_generated=2", "eval.num_workers=3") == 2  # but never more than the images
+
+
 def test_shards_cover_every_seed_once():
     assert shards(10, 3) == [(0, 4), (4, 3), (7, 3)]
     assert shards(2, 4) == [(0, 1), (1, 1)]

@@ -246,6 +246,7 @@ def test_a_pipeline_run_through_the_server_leaks_no_secret(mlflow_server, s3, s3
         "--set", f"data.endpoint_url={s3_server.url}", "--set", "data.embedded_server=never",
         "--set", "data.max_images=64", "--set", "registry.model_name=leak-test",
         "--set", "registry.reevaluate_champion=true",
+        "--set", "eval.num_workers=2",  # the smoke run's 32 images would stay on the driver
         env={"MLFLOW_TRACKING_URI": f"http://ganflow:{PASSWORD}@{host}", "AWS_ACCESS_KEY_ID": AWS_KEY_ID,
              "AWS_SECRET_ACCESS_KEY": AWS_SECRET, "PREFECT_HOME": str(tmp_path / "prefect"),
              "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"}, timeout=600)
@@ -254,6 +255,7 @@ def test_a_pipeline_run_through_the_server_leaks_no_secret(mlflow_server, s3, s3
     assert (result["model_name"], result["model_version"]) == ("leak-test", "2")
     assert result["tracking_uri"] == mlflow_server.url
     assert "re-evaluated under this protocol" in result["decision"], result["decision"]
+    assert "generated statistics from 2 Ray workers" in proc.stderr  # the pipeline's distributed evaluation
 
     # The run: opened before training, metrics as rank 0 reported them, a grid per checkpoint,
     # system metrics, the data set as an input, the ingest report, FID linked to the logged model.
