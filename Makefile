@@ -6,6 +6,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 CONFIG ?= configs/quickstart.yaml
 PYTEST_ARGS ?=
+# Test files run two at a time, each whole on one worker (its module fixtures start once);
+# TEST_WORKERS=0 runs them one by one in this process.
+TEST_WORKERS ?= 2
 
 .PHONY: run test test-fast bench services ui-screenshot clean
 
@@ -21,7 +24,7 @@ run: $(VENV)/.installed
 	$(VENV)/bin/ganflow run --config $(CONFIG)
 
 test: $(VENV)/.installed
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

@@ -107,8 +107,12 @@ def ensure_ray(num_cpus_needed: float = 1, dashboard: bool = False) -> None:
         return
     before = _children(os.getpid())
     # A local instance sized to the machine (never fewer CPUs than the workers ask for).
-    ray.init(num_cpus=max(os.cpu_count() or 1, int(num_cpus_needed + 0.999)), _node_ip_address=LOOPBACK,
-             include_dashboard=dashboard, dashboard_host=LOOPBACK,
+    # address="local": always our own, as documented (RAY_ADDRESS, else a local instance). With
+    # address=None Ray would join the cluster of the last `ray start` on this machine (its
+    # /tmp/ray/ray_current_cluster) and then fail on num_cpus ("When connecting to an existing
+    # cluster, num_cpus and num_gpus must not be provided").
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(num_cpus_needed + 0.999)),
+             _node_ip_address=LOOPBACK, include_dashboard=dashboard, dashboard_host=LOOPBACK,
              runtime_env={"worker_process_setup_hook": rendezvous_on_loopback}, **quiet)
     global _watchdog, _local_roots
     _local_roots = _children(os.getpid()) - before  # the processes ray.init just started

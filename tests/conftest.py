@@ -105,7 +105,7 @@ def local_ray():
     """A 2-CPU local Ray instance for the tests of one module."""
     import ray
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
     yield
     ray.shutdown()
 

@@ -2,9 +2,13 @@
 each) with the data set and the checkpoints on the local S3 server: nothing relies on a shared
 local disk. Slow."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 
-from tests.helpers import digits, upload_images
+from tests.helpers import ROOT, digits, upload_images
 
 pytestmark = pytest.mark.slow
 
@@ -55,3 +59,15 @@ def test_training_across_two_nodes_with_data_and_checkpoints_in_s3(two_node_clus
     # A second run with the same inputs finds the run in S3 and trains no further.
     again = train_gan(cfg, dataset)
     assert again.checkpoint_uri == result.checkpoint_uri
+
+    # A cluster started on this machine the way `ray start` does (it records its address in
+    # /tmp/ray/ray_current_cluster) is not joined by a run without RAY_ADDRESS: that run starts
+    # its own local instance, as documented (joining made ray.init fail on num_cpus).
+    probe = ("from tasks.ray_runtime import ensure_ray, shutdown_ray\n"
+             "ensure_ray(1)\nimport ray\nprint(ray.get_runtime_context().gcs_address)\nshutdown_ray()")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT,
+                         env={**env, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    own = out.stdout.strip().splitlines()[-1]
+    assert own.startswith("127.0.0.1:") and own != two_node_cluster.address
