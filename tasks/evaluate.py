@@ -39,9 +39,9 @@ CACHE_DIR = "fid-cache"
 WALK_NAME, WALK_IMAGES = "latent_walk", 16  # 16 walks side by side (4 x 4), logged beside the grid
 RANDOM_WEIGHTS_SEED = 0
 # With eval.num_workers unset, generation moves to the Ray workers only when each gets at least
-# this many images: a worker first imports torch and loads the Inception weights (about 10 s on
-# a 2-core machine, measured: the smoke run's 32 images took 17 s on 2 workers, 4 s here), which
-# a few hundred images on the driver (about 9 images/s per core on a CPU) do not repay.
+# this many images: a worker first imports torch and loads the Inception weights, which a few
+# hundred images on the driver (about 9 images/s per core on a CPU) do not repay. Measured on the
+# smoke run (32 images, 2-core machine): the evaluate task took 19.8 s with 2 workers, 14.5 s here.
 MIN_IMAGES_PER_EVAL_WORKER = 256
 
 
