@@ -39,6 +39,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -80,7 +81,7 @@ def texture_crops() -> np.ndarray:
 
 @dataclass(frozen=True)
 class Dataset:
-    load: object  # () -> uint8 (N, C, 32, 32)
+    load: Callable[[], np.ndarray]  # uint8 (N, C, 32, 32)
     overrides: list[str] = field(default_factory=list)
     what: str = ""
 
@@ -172,14 +173,16 @@ def train_plain(dataset: str, images: np.ndarray, budget_s: float, device: str) 
 
 
 def run(budget_s: float = 300, samples: int = 2048, device: str = "cpu", batch: int = 64,
-        dataset: str = "mnist") -> list[dict]:
+        dataset: str = "mnist", models: tuple[str, ...] = tuple(CONTESTANTS)) -> list[dict]:
+    """The plain loop and `models` (names of CONTESTANTS), trained and scored one after the other."""
     from gan_model.evaluation import compare, stats_of
     from gan_model.inception import InceptionFeatures, make_random_weights
 
     images = DATASETS[dataset].load()
     reference = images[np.random.default_rng(1).choice(len(images), min(samples, len(images)), replace=False)]
     trained = {PLAIN: train_plain(dataset, images, budget_s, device)}
-    for name, overrides in CONTESTANTS.items():
+    for name in models:
+        overrides = CONTESTANTS[name]
         nets = train_ganflow(dataset, overrides, images, budget_s, device)
         trained[name] = nets["G_ema"]
         if name == "ganflow dcgan":
@@ -219,8 +222,10 @@ def main(argv: list[str]) -> None:
     p.add_argument("--budget-s", type=float, default=300, help="training seconds per model")
     p.add_argument("--samples", type=int, default=2048, help="generated (and reference) images for FID/KID")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--models", nargs="+", choices=sorted(CONTESTANTS), default=list(CONTESTANTS),
+                   help="our contestants beside the plain loop (default: all)")
     a = p.parse_args(argv)
-    print("\n".join(to_markdown(run(a.budget_s, a.samples, a.device, dataset=a.dataset))))
+    print("\n".join(to_markdown(run(a.budget_s, a.samples, a.device, dataset=a.dataset, models=tuple(a.models)))))
 
 
 if __name__ == "__main__":

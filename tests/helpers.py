@@ -143,3 +143,25 @@ def fake_program(folder: Path, name: str) -> Path:
     exe.write_text(f"#!/bin/sh\ntouch '{folder / (name + '.called')}'\nexit 1\n")
     exe.chmod(0o755)
     return exe
+
+
+def start_cli(args, cwd: Path, env: dict, marker: str, **popen_kwargs):
+    """`ganflow ARGS` started in the background, its stderr read line by line on a thread:
+    (process, the lines so far, an Event set once a line contains `marker`, the reading thread,
+    to join before trusting the lines to be all)."""
+    import subprocess
+    import sys
+    import threading
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=cwd, env=env, stderr=subprocess.PIPE,
+                            text=True, **popen_kwargs)
+    lines: list[str] = []
+    seen = threading.Event()
+
+    def read() -> None:
+        for line in proc.stderr:
+            lines.append(line)
+            if marker in line:
+                seen.set()
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    return proc, lines, seen, reader

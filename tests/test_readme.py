@@ -5,12 +5,11 @@ import json
 import re
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, SMOKE_CONFIG, clean_env
+from tests.helpers import ROOT, SMOKE_CONFIG, clean_env, start_cli
 
 README = (ROOT / "README.md").read_text()
 
@@ -38,18 +37,7 @@ def test_smoke_command_from_the_readme_on_a_busy_machine(tmp_path):
     # exactly the window in which the server starts and migrates its database.
     burn = "import time\nt = time.time()\nwhile time.time() - t < 180: pass"
     burners = [subprocess.Popen([sys.executable, "-c", burn]) for _ in range(2)]
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=tmp_path, env=clean_env(tmp_path),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    stderr: list[str] = []
-    api_up = threading.Event()
-
-    def read_stderr() -> None:
-        for line in proc.stderr:
-            stderr.append(line)
-            if "Prefect API: " in line:
-                api_up.set()
-    reader = threading.Thread(target=read_stderr, daemon=True)
-    reader.start()
+    proc, stderr, api_up, reader = start_cli(args, tmp_path, clean_env(tmp_path), "Prefect API: ", stdout=subprocess.PIPE)
     try:
         api_up.wait(180)
         for burner in burners:

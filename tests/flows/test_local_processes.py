@@ -6,13 +6,11 @@ One run serves both tests (about a minute)."""
 import os
 import signal
 import subprocess
-import sys
-import threading
 import time
 
 import pytest
 
-from tests.helpers import SMOKE_CONFIG, clean_env
+from tests.helpers import SMOKE_CONFIG, clean_env, start_cli
 from tests.infra.procfs import alive, command_line, descendants, is_loopback, listening_sockets, start_time
 
 pytestmark = pytest.mark.slow
@@ -21,19 +19,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def killed_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("killed-run")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "run", "--config", str(SMOKE_CONFIG), "--set", "train.steps=100000"],
-        cwd=tmp, env=clean_env(tmp), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        start_new_session=True)
-    log: list[str] = []
-    training = threading.Event()
-
-    def read_stderr() -> None:
-        for line in proc.stderr:
-            log.append(line)
-            if "[ganflow] step" in line:
-                training.set()
-    threading.Thread(target=read_stderr, daemon=True).start()
+    proc, log, training, _ = start_cli(["run", "--config", str(SMOKE_CONFIG), "--set", "train.steps=100000"], tmp,
+                                       clean_env(tmp), "[ganflow] step", stdout=subprocess.DEVNULL, start_new_session=True)
 
     seen: dict[int, tuple[int, str]] = {}  # pid -> (start time, command line)
     sockets: set[tuple[str, int, int]] = set()
