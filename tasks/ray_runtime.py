@@ -32,7 +32,19 @@ LOOPBACK = "127.0.0.1"
 # Without it, ray.init(_node_ip_address="127.0.0.1") is turned into the routable address and
 # every server listens on all interfaces. Token auth is Ray's default from 2.60; 2.52+ has it.
 # NCCL (GPU training) otherwise bootstraps over the first non-loopback interface.
-LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token", "NCCL_SOCKET_IFNAME": "lo"}
+# Ray Train's preemption watcher (one more actor process per training run) watches for nodes of a
+# cluster that are about to be preempted; on one machine there is no other node to move to, and
+# the watcher's only output is an error line from Ray's core about its constructor arguments.
+# Ray Train's controller takes one report of each worker per health check, every 2 s by default,
+# and ray.train.report() blocks until the previous report is taken: a run that reports more
+# often than that waits for the controller. On one machine a check is cheap; every 0.5 s instead.
+LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token", "NCCL_SOCKET_IFNAME": "lo",
+                 "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+# Logged every few seconds of every training run by Ray Train's placement-group cleaner when the
+# state API is off, which it is without the dashboard. The cleaner removes a crashed run's
+# placement group; a local instance's groups go with the instance, which ganflow always stops.
+STATE_API_NOISE = ("ray.train.v2._internal.execution.controller.placement_group_cleaner",
+                   "Failed to query Ray Train Controller actor state")
 
 _watchdog: subprocess.Popen | None = None
 _local_roots: set[int] = set()  # the processes ray.init started for the local instance
@@ -93,6 +105,16 @@ def rendezvous_on_loopback() -> None:
     rendezvous._create_c10d_store = create_on_loopback
 
 
+def local_worker_setup() -> None:
+    """The setup hook of a local instance without the dashboard: the rendezvous on loopback, and
+    no warnings about the state API that only the dashboard serves."""
+    import logging
+
+    rendezvous_on_loopback()
+    name, message = STATE_API_NOISE
+    logging.getLogger(name).addFilter(lambda record: not record.getMessage().startswith(message))
+
+
 def ensure_ray(num_cpus_needed: float = 1, dashboard: bool = False) -> None:
     prepare_local_ray_env()
     import ray
@@ -113,7 +135,8 @@ def ensure_ray(num_cpus_needed: float = 1, dashboard: bool = False) -> None:
     # cluster, num_cpus and num_gpus must not be provided").
     ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(num_cpus_needed + 0.999)),
              _node_ip_address=LOOPBACK, include_dashboard=dashboard, dashboard_host=LOOPBACK,
-             runtime_env={"worker_process_setup_hook": rendezvous_on_loopback}, **quiet)
+             runtime_env={"worker_process_setup_hook": rendezvous_on_loopback if dashboard else local_worker_setup},
+             **quiet)
     global _watchdog, _local_roots
     _local_roots = _children(os.getpid()) - before  # the processes ray.init just started
     _watchdog = watchdog.start(_local_roots)

@@ -11,6 +11,7 @@ resumes from that run's latest checkpoint instead of starting over.
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -52,6 +53,14 @@ def run_name(cfg: GanflowConfig, dataset: DatasetVersion) -> str:
     return f"ganflow-{dataset.version}-{cfg.training_identity()}"
 
 
+def say(line: str) -> None:
+    """A progress line from a worker, once, on its stderr (Ray relays it to the driver's). Not
+    print(): Ray Train replaces it on its workers with one that writes the line twice, to the
+    original stream and through the root logger's console handler."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def _train_worker(config: dict) -> None:
     """Runs on every Ray Train worker."""
     import time
@@ -70,8 +79,10 @@ def _train_worker(config: dict) -> None:
     # broadcast_buffers=False is what we want for D (rank-local BatchNorm
     # statistics); torch's deprecation notice about it is not for users.
     warnings.filterwarnings("ignore", message=".*broadcast_buffers.*")
-    # Ray Train logs every report at INFO from the worker; our own progress line says it shorter.
-    logging.getLogger("ray.train.v2._internal.execution.context").setLevel(logging.WARNING)
+    # Ray Train logs every report at INFO from the worker, on a logger named after its file (so
+    # neither LoggingConfig nor the "ray.train" logger reaches it); our progress line says it shorter.
+    from ray.train.v2._internal.execution import context as train_context
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
     recipe = TrainRecipe.model_validate(config["recipe"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -84,15 +95,15 @@ def _train_worker(config: dict) -> None:
         with checkpoint.as_directory() as folder:
             resume = load_checkpoint(folder)
         if rank == 0:
-            print(f"[ganflow] resuming {config['name']} from step {resume['step']}", flush=True)
+            say(f"[ganflow] resuming {config['name']} from step {resume['step']}")
 
     def report(metrics: dict, checkpoint_dir: str | None) -> None:
         ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         # When rank 0 measured them: the driver logs them later, with this time.
         ray.train.report({**metrics, "timestamp": time.time()}, checkpoint=ckpt)
         if rank == 0 and "loss_d" in metrics:
-            print(f"[ganflow] step {metrics['step']}/{recipe.steps} loss_d={metrics['loss_d']:.3f} "
-                  f"loss_g={metrics['loss_g']:.3f} {metrics['images_per_s']:.0f} img/s", flush=True)
+            say(f"[ganflow] step {metrics['step']}/{recipe.steps} loss_d={metrics['loss_d']:.3f} "
+                f"loss_g={metrics['loss_g']:.3f} {metrics['images_per_s']:.0f} img/s")
 
     def wrap(module, broadcast_buffers: bool = True):
         return prepare_model(module, parallel_strategy_kwargs={"broadcast_buffers": broadcast_buffers})
@@ -258,8 +269,8 @@ def train_gan(cfg: GanflowConfig, dataset: DatasetVersion, *,
             name=name, storage_path=storage_path, storage_filesystem=filesystem,
             checkpoint_config=CheckpointConfig(num_to_keep=tc.keep_checkpoints),
             failure_config=FailureConfig(max_failures=tc.max_failures),
-            # Ray Train's per-report INFO lines stay in its log files; our
-            # progress lines (print on rank 0) still reach the console.
+            # Ray Train's own INFO lines stay in its log files; our progress
+            # lines (say() on rank 0) still reach the console.
             logging_config=LoggingConfig(log_level="WARNING"),
             callbacks=[progress.callback()]),
     )

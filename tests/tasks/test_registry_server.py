@@ -256,6 +256,11 @@ def test_a_pipeline_run_through_the_server_leaks_no_secret(mlflow_server, s3, s3
     assert result["tracking_uri"] == mlflow_server.url
     assert "re-evaluated under this protocol" in result["decision"], result["decision"]
     assert "generated statistics from 2 Ray workers" in proc.stderr  # the pipeline's distributed evaluation
+    # What Ray relays from its processes is ganflow's progress, each line once (Ray Train's workers
+    # print twice), without Ray Train's per-report lines or its warnings about the absent state API.
+    assert proc.stderr.count("[ganflow] step 20/20 ") == 1, proc.stderr[-3000:]
+    for noise in ("Reporting training result", "PreemptionWatcher", "Failed to query Ray Train Controller"):
+        assert noise not in proc.stderr, proc.stderr[-3000:]
 
     # The run: opened before training, metrics as rank 0 reported them, a grid per checkpoint,
     # system metrics, the data set as an input, the ingest report, FID linked to the logged model.
