@@ -22,6 +22,7 @@ def test_readme_documents_the_two_commands_and_every_config_key():
 
 
 @pytest.mark.slow
+@pytest.mark.alone  # its CPU burners would slow whatever ran beside it
 @pytest.mark.timeout(960)
 def test_smoke_command_from_the_readme_on_a_busy_machine(tmp_path):
     """A new user's first run: nothing configured (no ~/.aws, so the embedded default applies; no
