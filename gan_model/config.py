@@ -302,7 +302,8 @@ class EvalConfig(EvalProtocol):
 
 
 class RegistryConfig(_Section):
-    tracking_uri: str | None = Field(None, description=f"None = MLFLOW_TRACKING_URI or SQLite under {STATE_DIR}")
+    tracking_uri: str | None = Field(None, description=f"None = MLFLOW_TRACKING_URI or SQLite under {STATE_DIR}; "
+                                     "a SQLite store keeps its artifacts in mlartifacts/ beside the database")
     experiment: str = "ganflow"
     model_name: str = "ganflow-generator"
     promote: bool = Field(True, description="set @champion when better, else @challenger")

@@ -57,6 +57,16 @@ def tracking_uri(reg: RegistryConfig) -> str:
     return f"sqlite:///{(STATE_DIR / 'mlflow.db').resolve()}"
 
 
+def sqlite_artifacts(uri: str) -> str | None:
+    """Where a new experiment of a SQLite store keeps its artifacts: mlartifacts/ beside the
+    database file (MLflow's own default, ./mlruns, is in whatever folder the command runs in);
+    None (the server's or store's default) for any other store."""
+    if not uri.startswith("sqlite:///") or uri.startswith("sqlite:///:memory:"):
+        return None
+    database = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+    return (database.parent / "mlartifacts").resolve().as_uri()
+
+
 def mlflow_client(reg: RegistryConfig):
     """-> (client, experiment id, tracking URI); an unreachable server is a one-line error."""
     import mlflow
@@ -75,10 +85,7 @@ def mlflow_client(reg: RegistryConfig):
         raise TransientError(f"cannot reach the MLflow tracking server at {uri} ({type(err).__name__}): "
                            f"check MLFLOW_TRACKING_URI or registry.tracking_uri") from None
     if exp is None:
-        location = None
-        if uri.startswith("sqlite:///") and not reg.tracking_uri and not os.environ.get("MLFLOW_TRACKING_URI"):
-            location = (STATE_DIR / "mlartifacts").resolve().as_uri()
-        exp_id = client.create_experiment(reg.experiment, artifact_location=location)
+        exp_id = client.create_experiment(reg.experiment, artifact_location=sqlite_artifacts(uri))
     else:
         exp_id = exp.experiment_id
     return client, exp_id, uri

@@ -135,3 +135,20 @@ def test_the_served_model_requirements_install_anywhere(monkeypatch):
     real_version = metadata.version
     monkeypatch.setattr(metadata, "version", lambda p: "2.14.1+cpu" if p == "torch" else real_version(p))
     assert "torch>=2.14" in serving_requirements()
+
+
+def test_a_sqlite_registry_keeps_its_artifacts_beside_its_database(tmp_path, workdir):
+    """MLflow's own default for a SQLite store is ./mlruns in whatever folder the command runs in;
+    ganflow's is mlartifacts/ beside the database file, wherever that is."""
+    from pathlib import Path
+
+    db = tmp_path / "elsewhere" / "registry.db"
+    db.parent.mkdir()
+    client, exp_id = mlflow_client(RegistryConfig(tracking_uri=f"sqlite:///{db}?timeout=20", experiment="beside"))[:2]
+    location = client.get_experiment(exp_id).artifact_location
+    assert location == (db.parent / "mlartifacts").as_uri()
+    run = client.create_run(exp_id)
+    (workdir / "note.txt").write_text("x")
+    client.log_artifact(run.info.run_id, str(workdir / "note.txt"))
+    assert (db.parent / "mlartifacts" / run.info.run_id / "artifacts" / "note.txt").is_file()
+    assert not (workdir / "mlruns").exists() and not Path("mlruns").exists()
