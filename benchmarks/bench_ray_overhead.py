@@ -58,13 +58,15 @@ def run(repeats: int = 2) -> list[dict]:
         for img in load_sample("digits")[:256]:
             writer.add(np.asarray(Image.fromarray(img).resize((16, 16)))[None])
         writer.close(version="bench", skipped=[])
+        code = ("import json, sys; from benchmarks.bench_ray_overhead import one_run; "
+                "print(json.dumps(one_run(sys.argv[1], sys.argv[2])))")
         for i in range(repeats):
-            for name, env in SETTINGS.items():
-                code = ("import json, sys; from benchmarks.bench_ray_overhead import one_run; "
-                        "print(json.dumps(one_run(sys.argv[1], sys.argv[2])))")
-                out = subprocess.run([sys.executable, "-c", code, str(work / "ds"), str(work / f"ray-{name[:5]}-{i}")],
+            for k, (name, env) in enumerate(SETTINGS.items()):
+                out = subprocess.run([sys.executable, "-c", code, str(work / "ds"), str(work / f"ray-{k}-{i}")],
                                      env={**os.environ, **env, "PYTHONPATH": str(ROOT)}, cwd=work,
-                                     capture_output=True, text=True, check=True)
+                                     capture_output=True, text=True, check=False)
+                if out.returncode != 0:
+                    raise RuntimeError(f"{name}: the training run failed:\n{out.stderr[-3000:]}")
                 seconds[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
     finally:
         shutil.rmtree(work, ignore_errors=True)

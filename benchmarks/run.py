@@ -60,8 +60,8 @@ BENCHMARKS = {
                          "2,048 crops."),
 }
 MODULES = {"train": "bench_train_step", "ingest": "bench_ingest", "fid": "bench_fid", "scaling": "bench_scaling",
-           "ray_overhead": "bench_ray_overhead", "pipeline": "bench_pipeline", "scaling_model": "scaling_model", "quality": "bench_quality",
-           "quality_textures": "bench_quality"}
+           "ray_overhead": "bench_ray_overhead", "pipeline": "bench_pipeline", "scaling_model": "scaling_model",
+           "quality": "bench_quality", "quality_textures": "bench_quality"}
 ARGS = {"quality_textures": {"dataset": "textures"}}  # run()'s arguments where not its defaults
 
 

@@ -172,7 +172,7 @@ def config_with(cfg, **sets) -> dict:
     return raw
 
 
-@pytest.mark.timeout(1800)  # six flow runs: 4-5 minutes on 2 cores; on a slower, busier CI machine the first alone took 10
+@pytest.mark.timeout(1800)  # six flow runs: 2-6 minutes on 2 cores; on a slower, busier CI machine the first alone took over 10
 def test_a_served_deployment_runs_tells_its_story_and_fits_each_failure(served, client, s3_server):
     proc, cfg, work = served
     deployment = wait_for_deployment(client, proc, work)
