@@ -28,8 +28,11 @@ def killed_run(tmp_path_factory):
     def sample() -> None:
         pids = descendants(proc.pid) | {proc.pid}
         for pid in pids:
-            if pid not in seen and (start := start_time(pid)) is not None:
-                seen[pid] = (start, command_line(pid))
+            # Read again each time: a child seen between fork and exec still shows its parent's
+            # command line (the CLI's, for gcs_server); exec keeps the pid and the start time.
+            start = start_time(pid)
+            if start is not None and (pid not in seen or seen[pid][0] == start):
+                seen[pid] = (start, command_line(pid) or seen.get(pid, (0, ""))[1])
         sockets.update(listening_sockets(pids))
 
     deadline = time.monotonic() + 400
