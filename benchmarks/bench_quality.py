@@ -16,7 +16,10 @@ Contestants:
   checkpoint every 250 steps as in the pipeline); samples from G_ema, and, from the same run and
   checkpoint, from G itself (the row `G, not the EMA`), which separates the EMA's effect from the
   loop's.
-- `ganflow resnet_sngan`: our loop with the SNGAN recipe (hinge loss, Adam betas (0, 0.9)).
+- `ganflow resnet_sngan`: our loop with the SNGAN recipe (hinge loss, Adam betas (0, 0.9)), one D
+  update per G step;
+- `ganflow resnet_sngan, n_dis 5`: the same with the paper's five D updates per G step
+  (`train.n_dis=5`), each on its own real batch.
 
 Our loop trains a fixed number of steps, as the pipeline does, ending with its checkpoint (and
 G_ema's BatchNorm re-estimation); the number is the budget times the contestant's own throughput,
@@ -60,6 +63,7 @@ CONTESTANTS = {
     "ganflow resnet_sngan": ["model.architecture=resnet_sngan", "model.g_width=16", "model.d_width=16",
                              "train.beta1=0.0", "train.beta2=0.9"],
 }
+CONTESTANTS["ganflow resnet_sngan, n_dis 5"] = [*CONTESTANTS["ganflow resnet_sngan"], "train.n_dis=5"]
 PLAIN = "plain loop (dcgan)"
 G_ONLY = "ganflow dcgan, G, not the EMA"
 
@@ -117,7 +121,8 @@ def _steps_for(dataset: str, overrides: list[str], images: np.ndarray, budget_s:
               hooks=Hooks(report=lambda m, c: rates.append(m["images_per_s"]), before_step=before))
     except _Budget:
         pass
-    return max(1, round(budget_s * float(np.median(rates[1:])) / cfg.train.batch_size))
+    # images_per_s counts the real images D sees: n_dis batches per step.
+    return max(1, round(budget_s * float(np.median(rates[1:])) / (cfg.train.batch_size * cfg.train.n_dis)))
 
 
 def train_ganflow(dataset: str, overrides: list[str], images: np.ndarray, budget_s: float,
@@ -135,7 +140,7 @@ def train_ganflow(dataset: str, overrides: list[str], images: np.ndarray, budget
     train(cfg.model, cfg.train.recipe(), RankData(images, seed=0, batch_size=cfg.train.batch_size),
           log_every=cfg.train.log_every, checkpoint_every=cfg.train.checkpoint_every, device=device,
           hooks=Hooks(report=report))
-    info = {"steps": last["step"], "seconds": time.perf_counter() - t0}
+    info = {"steps": last["step"], "seconds": time.perf_counter() - t0, "n_dis": cfg.train.n_dis}
     out = {}
     for which in ("G_ema", "G"):
         g = build_generator(last["generator_kwargs"])
@@ -198,7 +203,8 @@ def run(budget_s: float = 300, samples: int = 2048, device: str = "cpu", batch: 
             fake = generate(g, latents_for_seeds(range(SAMPLE_SEED, SAMPLE_SEED + samples), g.z_dim), batch)
             result = compare(stats_of(net, [fake], keep_features=samples), ref_stats, kid_subsets=50,
                              kid_subset_size=min(1000, samples, len(reference)))
-            rows.append({"name": name, **info, "images_per_s": info["steps"] * 64 / info["seconds"],
+            d_images = info["steps"] * info.get("n_dis", 1) * 64  # real images D saw
+            rows.append({"name": name, **info, "images_per_s": d_images / info["seconds"],
                          "fid": result["fid"], "kid": result["kid"], "kid_std": result["kid_std"],
                          "samples": samples, "references": len(reference), "budget_s": budget_s,
                          "device": device, "dataset": dataset})
@@ -211,6 +217,7 @@ def to_markdown(rows: list[dict]) -> list[str]:
              f"{r0['samples']} samples against {r0['references']} training images; FID/KID with random Inception "
              f"weights (seed {RANDOM_WEIGHTS_SEED}) calibrated on those images: they rank these models on this data "
              f"set, they are not comparable with published FIDs or across data sets.", "",
+             "Steps are G's; img/s counts the real images D saw (n_dis batches per step).", "",
              "| model | steps | seconds | img/s | FID | KID x 1000 |", "|---|---|---|---|---|---|"]
     return lines + [f"| {r['name']} | {r['steps']} | {r['seconds']:.0f} | {r['images_per_s']:.0f} | {r['fid']:.4g} | "
                     f"{1000 * r['kid']:.3g} ± {1000 * r['kid_std']:.2g} |" for r in rows]

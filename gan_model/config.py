@@ -203,8 +203,10 @@ class TrainRecipe(_Section):
     beta2: float = Field(0.999, ge=0, lt=1)
     loss: Literal["auto", "non_saturating", "hinge"] = Field(
         "auto", description="GAN loss; auto = the family's own (dcgan: non_saturating, resnet_sngan: hinge)")
+    n_dis: int = Field(1, gt=0, description="D updates per G step, each on its own real batch (SNGAN's recipe: 5); "
+                       "steps count G steps")
     r1_gamma: float = Field(0.0, ge=0, description="R1 penalty weight on real images (Mescheder et al. 2018); 0 = off")
-    r1_every: int = Field(16, gt=0, description="lazy R1: computed every this many steps, scaled by it (StyleGAN2)")
+    r1_every: int = Field(16, gt=0, description="lazy R1: computed every this many D updates, scaled by it (StyleGAN2)")
     augment: Literal["auto", "on", "off"] = Field(
         "auto", description="DiffAugment on every image D sees (Zhao et al. 2020); auto = on below 5,000 images")
     augment_policy: str = Field("color,translation,cutout", description="comma-separated DiffAugment transforms: "

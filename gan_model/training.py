@@ -166,6 +166,7 @@ def _mean_over_ranks(t: torch.Tensor) -> torch.Tensor:
 # What each step adds to the metric sums (read once per log step): D's loss without R1, G's
 # loss, D's mean sigmoid output on reals and fakes, R1's penalty and the steps that computed it.
 METRICS = ("loss_d", "loss_g", "d_real", "d_fake", "r1", "r1_steps")
+D_METRICS = torch.tensor([METRICS.index(k) for k in ("loss_d", "d_real", "d_fake", "r1", "r1_steps")])
 
 
 def train(
@@ -265,9 +266,10 @@ def train(
             return ema_beta_from_halflife(step, global_batch, tc.ema_halflife_kimg, tc.ema_rampup)
         return ema_decay_at(step, tc.ema_decay)
 
-    z_dim = model.z_dim
+    z_dim, n_dis = model.z_dim, tc.n_dis
     real_batch = batch_source(data, device, device_data_bytes)
     sums = torch.zeros(len(METRICS), dtype=torch.float64, device=device)
+    d_metrics = D_METRICS.to(device)
     zero, one = torch.zeros((), device=device), torch.ones((), device=device)
     n_since, t_since = 0, time.perf_counter()
     metrics: dict = {"step": start}
@@ -276,42 +278,56 @@ def train(
         hooks.report(final, None)
         return final
 
-    for step in range(start, tc.steps):
-        hooks.before_step(step)
-        real = real_batch(step).float().div_(127.5).sub_(1.0).contiguous(memory_format=layout)
-        z = to_device(step_latents(tc.seed, rank, step, real.shape[0], z_dim), device)
-
-        # 3. Discriminator step: real and fake in separate passes (DCGAN's
-        #    BatchNorm recipe); gradients are all-reduced once, after the second.
-        #    Every StyleGAN2-style lazy R1 step adds r1_every times the penalty,
-        #    computed in fp32 through the eager D.
-        with autocast():
+    def d_update(tick: int, keep_fake_graph: bool) -> torch.Tensor:
+        """One update of D on the real batch and latents of `tick`; returns the fakes it saw."""
+        real = real_batch(tick).float().div_(127.5).sub_(1.0).contiguous(memory_format=layout)
+        z = to_device(step_latents(tc.seed, rank, tick, real.shape[0], z_dim), device)
+        with autocast(), (contextlib.nullcontext() if keep_fake_graph else torch.no_grad()):
             fake = g_fwd(z)
         opt_d.zero_grad(set_to_none=True)
         r1 = zero
         with _no_sync(d):
-            if tc.r1_gamma > 0 and step % tc.r1_every == 0:
+            if tc.r1_gamma > 0 and tick % tc.r1_every == 0:
                 real_in = real.detach().requires_grad_(True)
-                real_logits = d(augmented(real_in, step, 0)).float()
+                real_logits = d(augmented(real_in, tick, 0)).float()
                 r1 = r1_penalty(real_logits, real_in)
                 loss_real = loss.d_real(real_logits)
                 (loss_real + r1 * (tc.r1_gamma / 2 * tc.r1_every)).backward()
             else:
                 with autocast():
-                    real_logits = d_fwd(augmented(real, step, 0)).float()
+                    real_logits = d_fwd(augmented(real, tick, 0)).float()
                 loss_real = loss.d_real(real_logits)
                 loss_real.backward()
         with autocast():
-            fake_logits = d_fwd(augmented(fake.detach(), step, 1)).float()
+            fake_logits = d_fwd(augmented(fake.detach(), tick, 1)).float()
         loss_fake = loss.d_fake(fake_logits)
         loss_fake.backward()
         opt_d.step()
+        # Device-side sums: reading a value here would make the host wait for the GPU every step.
+        with torch.no_grad():
+            sums[d_metrics] += torch.stack([  # D's losses and outputs: the mean over its updates
+                (loss_real + loss_fake) / n_dis, torch.sigmoid(real_logits).mean() / n_dis,
+                torch.sigmoid(fake_logits).mean() / n_dis, r1.detach(), zero if r1 is zero else one]).double()
+        return fake
 
-        # 4. Generator step through the plain D (no DDP hooks, no D gradients).
+    for step in range(start, tc.steps):
+        hooks.before_step(step)
+
+        # 3. Discriminator: n_dis updates (SNGAN's recipe takes 5), each on the real batch and
+        #    latents of its own tick, step * n_dis + j, so every update sees fresh images. Real and
+        #    fake go in separate passes (DCGAN's BatchNorm recipe); gradients are all-reduced
+        #    once, after the second. Every StyleGAN2-style lazy R1 update (one tick in r1_every)
+        #    adds r1_every times the penalty, computed in fp32 through the eager D.
+        for j in range(n_dis):
+            tick = step * n_dis + j
+            fake = d_update(tick, keep_fake_graph=j == n_dis - 1)
+
+        # 4. Generator step on the last update's fakes, through the plain D (no DDP hooks, no D
+        #    gradients).
         opt_g.zero_grad(set_to_none=True)
         d_plain.requires_grad_(False)
         with autocast():
-            gen_logits = d_plain_fwd(augmented(fake, step, 2)).float()
+            gen_logits = d_plain_fwd(augmented(fake, tick, 2)).float()
         loss_g = loss.g(gen_logits)
         loss_g.backward()
         d_plain.requires_grad_(True)
@@ -320,11 +336,8 @@ def train(
         # 5. EMA of G: every rank keeps an identical copy, rank 0 saves it.
         update_ema(g_ema, g_plain, ema_beta(step))
 
-        # Device-side sums: reading a value here would make the host wait for the GPU every step.
         with torch.no_grad():
-            sums += torch.stack([loss_real + loss_fake, loss_g, torch.sigmoid(real_logits).mean(),
-                                 torch.sigmoid(fake_logits).mean(), r1.detach(),
-                                 zero if r1 is zero else one]).double()
+            sums[METRICS.index("loss_g")] += loss_g.detach().double()
         n_since += 1
 
         # 6. Metrics every log_every steps, a checkpoint every checkpoint_every
@@ -337,7 +350,7 @@ def train(
             metrics = {"step": done, **{k: values[k] / n_since for k in METRICS[:4]}}
             if tc.r1_gamma > 0:
                 metrics["r1"] = values["r1"] / max(r1_steps, 1.0)
-            metrics["images_per_s"] = n_since * real.shape[0] * world / max(elapsed, 1e-9)
+            metrics["images_per_s"] = n_since * n_dis * fake.shape[0] * world / max(elapsed, 1e-9)  # D's reals
             history.append(metrics)
             emit(done, metrics, with_checkpoint=done % checkpoint_every == 0 or done == tc.steps)
             sums.zero_()

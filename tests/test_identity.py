@@ -19,7 +19,7 @@ ALTERNATIVES = {
     "model": {"architecture": "resnet_sngan", "z_dim": 3, "g_width": 3, "d_width": 3, "d_norm": "spectral"},
     "train": {"num_workers": 3, "batch_size": 3, "steps": 3, "lr_g": 0.1, "lr_d": 0.1, "lr_scaling": "sqrt",
               "base_batch": 3, "beta1": 0.1, "beta2": 0.5, "ema_decay": 0.5, "seed": 3, "use_gpu": True,
-              "loss": "hinge", "r1_gamma": 1.0, "r1_every": 4, "augment": "off", "augment_policy": "cutout",
+              "loss": "hinge", "n_dis": 5, "r1_gamma": 1.0, "r1_every": 4, "augment": "off", "augment_policy": "cutout",
               "ema_halflife_kimg": 10.0, "ema_rampup": 0.0, "precision": "fp32", "compile": True,
               "resources_per_worker": {"CPU": 3}, "checkpoint_every": 3, "keep_checkpoints": 3, "log_every": 3,
               "max_failures": 3, "storage_path": "/tmp/ray-elsewhere", "threads_per_worker": 3,

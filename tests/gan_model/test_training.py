@@ -139,6 +139,38 @@ def test_determinism_of_resnet_sngan_with_augmentation():
         assert torch.equal(a["G"][k], b["G"][k])
 
 
+class RecordingData(RankData):
+    """A rank's data that records which batches the loop draws."""
+
+    def batch(self, step):
+        self.drawn = getattr(self, "drawn", []) + [step]
+        return super().batch(step)
+
+
+def test_n_dis_updates_d_that_many_times_per_g_step_each_on_fresh_reals():
+    from gan_model.checkpoint import load_checkpoint
+    cfg = cfg_for(steps=3, **{"train.n_dis": 2, "train.r1_gamma": 1.0, "train.r1_every": 4})
+    data, final = RecordingData(random_images(), seed=0, batch_size=8), {}
+    train_with(cfg, data, hooks=Hooks(report=lambda m, ckpt: ckpt and final.update(load_checkpoint(ckpt))))
+    assert data.drawn == [0, 1, 2, 3, 4, 5]  # a fresh real batch for each of D's six updates
+    assert final["step"] == 3
+    assert {float(s["step"]) for s in final["opt_d"]["state"].values()} == {6.0}  # Adam counts D's updates...
+    assert {float(s["step"]) for s in final["opt_g"]["state"].values()} == {3.0}  # ...and G's
+    # R1 every 4 D updates: updates 0 and 4, in steps 1 and 3 (the metric averages what was computed).
+    assert [m["r1"] > 0 for m in final["history"]] == [True, False, True]
+
+
+def test_resuming_with_several_d_updates_per_step_is_exact():
+    images = random_images()
+    over = {"train.n_dis": 3, "train.augment": "on"}
+    full = _final_state(cfg_for(steps=4, **over), images)
+    resumed = _final_state(cfg_for(steps=4, **over), images, resume=_final_state(cfg_for(steps=2, **over), images))
+    for part in ("G", "D", "G_ema"):
+        for k in full[part]:
+            torch.testing.assert_close(resumed[part][k], full[part][k], rtol=1e-5, atol=1e-6)
+    assert [m["step"] for m in resumed["history"]] == [1, 2, 3, 4]
+
+
 @pytest.mark.parametrize("arch", ["dcgan", "resnet_sngan"])
 @pytest.mark.parametrize("loss", ["non_saturating", "hinge"])
 @pytest.mark.parametrize("r1", [0.0, 10.0])
