@@ -9,6 +9,7 @@ retried; two simultaneous runs of one recipe of which only one trains.
 
 from __future__ import annotations
 
+import datetime
 import http.client
 import http.server
 import os
@@ -17,6 +18,7 @@ import sys
 import threading
 import time
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
@@ -25,6 +27,8 @@ from tests.helpers import ROOT, digits, tiny_config, upload_images
 
 pytestmark = pytest.mark.slow
 DEPLOYMENT = "ganflow/ops-test"
+# The schedule's hour: 12 hours from now in Berlin, so no scheduled run starts during the test.
+CRON = f"0 {(datetime.datetime.now(ZoneInfo('Europe/Berlin')).hour + 12) % 24} * * *"
 
 
 class FlakyS3Proxy:
@@ -104,7 +108,7 @@ def served(prefect_server, s3_server, tmp_path_factory):
                AWS_MAX_ATTEMPTS="2",  # the user's own botocore retry budget, which ganflow must respect
                PREFECT_RUNNER_POLL_FREQUENCY="2")  # picks up each triggered run in 2 s, not up to 10
     log = open(work / "serve.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--cron", "0 3 * * *", "--timezone",
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--cron", CRON, "--timezone",
                              "Europe/Berlin", "--name", "ops-test", "--max-concurrent", "2", "--config",
                              str(work / "config.yaml")], cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -154,14 +158,31 @@ def artifacts(client, flow_run_id) -> dict:
     return {a.key: a for a in found if a.key}
 
 
-def task_runs(client, flow_run_id) -> list:
+def task_runs(client, flow_run_id, expected=(), timeout=120) -> dict:
+    """name -> task run of a finished flow run, once `expected` are all there and every one is final.
+
+    A task run's states reach the server as events, which it records after the flow run's final
+    state (set by a direct API call): read at once, a task may still show Running, or be missing."""
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-    return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        named = {t.name.split(" ")[0]: t for t in runs}
+        if (set(expected) <= set(named) and all(t.state and t.state.is_final() for t in runs)) \
+                or time.monotonic() > deadline:
+            return named
+        time.sleep(1)
 
 
-def logs(client, flow_run_id) -> list:
+def logs(client, flow_run_id, until, timeout=120) -> list:
+    """The flow run's log lines, once one satisfies `until` (they arrive in batches, in the background)."""
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-    return client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+        if any(until(line) for line in lines) or time.monotonic() > deadline:
+            return lines
+        time.sleep(1)
 
 
 def config_with(cfg, **sets) -> dict:
@@ -177,11 +198,11 @@ def test_a_served_deployment_runs_tells_its_story_and_fits_each_failure(served, 
     proc, cfg, work = served
     deployment = wait_for_deployment(client, proc, work)
     schedule = deployment.schedules[0].schedule
-    assert schedule.cron == "0 3 * * *" and schedule.timezone == "Europe/Berlin"
+    assert schedule.cron == CRON and schedule.timezone == "Europe/Berlin"
     assert "config" in deployment.parameter_openapi_schema["properties"]  # the UI's typed form
 
     # 1. A run triggered through the API completes, and the UI tells what happened.
-    first = run(client, work)
+    first = run(client, work, timeout=1500)  # starts Ray and the Prefect runner: over 10 minutes once on CI
     assert first.state.is_completed(), (first.state.message, (work / "serve.log").read_text()[-3000:])
     found = artifacts(client, first.id)
     assert {"ganflow-summary", "ganflow-dataset", "ganflow-training-metrics", "ganflow-samples",
@@ -190,11 +211,13 @@ def test_a_served_deployment_runs_tells_its_story_and_fits_each_failure(served, 
     assert "## Decision" in summary and "v1 -> @champion" in summary and "## Warnings" in summary
     assert found["ganflow-dataset"].type == "table" and "used" in found["ganflow-dataset"].data
     assert first.name.startswith(first.name.split("-")[0]) and len(first.name.split("-")[0]) == 16  # <version>-<date>
-    names = {t.name.split(" ")[0]: t for t in task_runs(client, first.id)}
+    names = task_runs(client, first.id, expected={"ingest", "train", "evaluate", "register"})
     assert {"ingest", "train", "evaluate", "register"} <= set(names)
     assert all(t.state.is_completed() for t in names.values())
-    lines = logs(client, first.id)
-    assert any(line.name.startswith("ganflow.") and "images" in line.message for line in lines)  # our loggers
+
+    def ours(line):
+        return line.name.startswith("ganflow.") and "images" in line.message
+    assert any(ours(line) for line in logs(client, first.id, until=ours))  # our loggers
 
     # 2. Nothing changed: the next run is skipped, quickly, as Completed with a reason.
     t0 = time.monotonic()
@@ -202,13 +225,13 @@ def test_a_served_deployment_runs_tells_its_story_and_fits_each_failure(served, 
     skip_seconds = time.monotonic() - t0
     assert second.state.is_completed()
     assert "Skipped" in artifacts(client, second.id)["ganflow-summary"].data
-    assert "train" not in {t.name.split(" ")[0] for t in task_runs(client, second.id)}
+    assert "train" not in task_runs(client, second.id, expected={"ingest"})
     print(f"skipped run took {skip_seconds:.1f} s")
 
     # 3. A problem only the user can fix fails at once: no retries, the one-line reason shown.
     bad = run(client, work, {"config": config_with(cfg, data__source="s3://no-such-bucket-ops/x/")})
     assert bad.state.is_failed()
-    ingest = next(t for t in task_runs(client, bad.id) if t.name.startswith("ingest"))
+    ingest = task_runs(client, bad.id, expected={"ingest"})["ingest"]
     assert ingest.run_count == 1 and "does not exist" in ingest.state.message
 
     # 4. A flaky endpoint (503 SlowDown past botocore's own 2 attempts) is retried by Prefect. The
@@ -220,7 +243,7 @@ def test_a_served_deployment_runs_tells_its_story_and_fits_each_failure(served, 
     finally:
         flaky.close()
     assert ok.state.is_completed(), ok.state.message
-    ingest = next(t for t in task_runs(client, ok.id) if t.name.startswith("ingest"))
+    ingest = task_runs(client, ok.id, expected={"ingest"})["ingest"]
     assert ingest.run_count >= 2 and flaky.seen > 3
     assert ingest.state.is_completed() and "Skipped" in artifacts(client, ok.id)["ganflow-summary"].data
 

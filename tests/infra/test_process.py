@@ -48,9 +48,9 @@ def test_stop_kills_workers_that_ignore_sigterm(tmp_path):
         http.server.HTTPServer(("127.0.0.1", {port}), http.server.SimpleHTTPRequestHandler).serve_forever()
         """, port).start()
     pid = server.pid
-    assert wait_until(lambda: len(group_members(pid)) == 2, 10)
+    assert wait_until(lambda: len(group_members(pid)) == 2, 60)
     server.stop(timeout=1)
-    assert wait_until(lambda: not group_members(pid), 5)
+    assert wait_until(lambda: not group_members(pid), 60)
 
 
 def test_a_server_that_exits_on_start_is_reported_with_its_port_and_log(tmp_path):
@@ -136,8 +136,8 @@ def test_a_service_dies_with_the_process_that_started_it(tmp_path, kind):
         assert alive(pid) and group_members(pid)
         parent.send_signal(signal.SIGKILL)
         parent.wait()
-        assert wait_until(lambda: not alive(pid), 5), f"the {kind} service outlived its parent"
-        assert wait_until(lambda: not group_members(pid), 10), f"the {kind} service's workers outlived it"
+        assert wait_until(lambda: not alive(pid), 60), f"the {kind} service outlived its parent"
+        assert wait_until(lambda: not group_members(pid), 60), f"the {kind} service's workers outlived it"
         assert not answers(f"http://127.0.0.1:{port}/")
         assert not listening_addresses(port)
     finally:

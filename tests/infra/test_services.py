@@ -44,4 +44,4 @@ def test_services_start_and_stop(tmp_path, sig, code):
         stderr = proc.communicate(timeout=60)[1]
     assert proc.returncode == code, stderr[-2000:]
     assert not any(answers(u) for u in urls.values())  # nothing left listening
-    assert wait_until(lambda: not any(alive(p) for p in children), 5), "a server process outlived ganflow"
+    assert wait_until(lambda: not any(alive(p) for p in children), 60), "a server process outlived ganflow"

@@ -139,10 +139,12 @@ def test_a_killed_ingest_leaves_no_partial_version_and_a_rerun_completes(s3, s3_
             "--set", "data.download_workers=2", "--set", "data.decode_processes=0", "--json"]
     env = dict(os.environ, PYTHONPATH=str(root))
     proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    def cached() -> int:  # objects in the cache, not counting one still being written
+        return sum(not p.name.endswith(".part") for p in (tmp_path / "cache" / "objects").glob("*/*"))
     deadline = time.monotonic() + 120
-    while not list((tmp_path / "cache" / "objects").glob("*/*")) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)
+    while cached() < 5 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the ingest finished before it could be killed"
     proc.send_signal(signal.SIGKILL)  # mid-download: no cleanup runs
     proc.wait()
     assert not list((tmp_path / "ds").glob("*/index.json"))  # no version is visible

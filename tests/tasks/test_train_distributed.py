@@ -26,17 +26,28 @@ def tiny(tmp_path, *extra):
                          f"train.storage_path={tmp_path / 'ray'}", *extra)
 
 
-def die_once_at(step: int, marker: Path):
-    """A worker hook: rank 1 (rank 0 when alone) dies hard before `step`, once per marker file."""
+def die_once_at(step: int, marker: Path, storage: Path):
+    """A worker hook: rank 1 (rank 0 when alone) dies hard before `step`, once per marker file,
+    after Ray Train's controller has registered every report before it (one each 5 steps)."""
     def before_step(s: int) -> None:
+        import json
+
         import ray.train
         ctx = ray.train.get_context()
         if s == step and ctx.get_world_rank() == min(1, ctx.get_world_size() - 1) and not marker.exists():
             marker.touch()
-            # Ray Train registers reported checkpoints on its health-check poll (every 2 s by
-            # default): a crash within that window of a report falls back to the previous
-            # checkpoint. Wait it out so the test knows which checkpoint it resumes from.
-            time.sleep(3 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", 2.0)))
+            # The controller registers a reported checkpoint on its next poll, and writes down how
+            # many it has in the run's checkpoint_manager_snapshot.json: a crash before that falls
+            # back to the previous checkpoint. Wait for it, so the test knows where it resumes.
+            def registered() -> int:
+                try:
+                    return max((json.loads(f.read_text()).get("current_report_index", 0)
+                                for f in storage.glob("*/checkpoint_manager_snapshot.json")), default=0)
+                except (OSError, ValueError):  # caught while being written
+                    return 0
+            deadline = time.monotonic() + 300
+            while registered() < step // 5 and time.monotonic() < deadline:
+                time.sleep(0.1)
             os._exit(17)  # a hard crash: no exception, no cleanup
     return before_step
 
@@ -49,7 +60,7 @@ def final_checkpoint(result):
 def test_a_worker_that_dies_hard_is_restarted_from_the_latest_checkpoint(tmp_path):
     from tasks.train import train_gan
     cfg = tiny(tmp_path, "train.steps=20", "train.max_failures=1")
-    result = train_gan(cfg, make_dataset(tmp_path), before_step=die_once_at(12, tmp_path / "died"))
+    result = train_gan(cfg, make_dataset(tmp_path), before_step=die_once_at(12, tmp_path / "died", tmp_path / "ray"))
     state = final_checkpoint(result)
     assert result.steps == 20 and state["step"] == 20
     assert state["starts"] == [0, 10]  # restarted once, from the checkpoint at step 10 (last report < 12)
@@ -61,7 +72,7 @@ def test_a_stopped_run_resumes_when_started_again(tmp_path):
     cfg = tiny(tmp_path, "train.steps=20", "train.max_failures=0")
     dataset = make_dataset(tmp_path)
     with pytest.raises(TrainingFailed, match="training failed"):  # no restarts allowed
-        train_gan(cfg, dataset, before_step=die_once_at(17, tmp_path / "died"))  # after the step-15 checkpoint
+        train_gan(cfg, dataset, before_step=die_once_at(17, tmp_path / "died", tmp_path / "ray"))  # after the step-15 checkpoint
     result = train_gan(cfg, dataset)  # what a Prefect retry or a re-run of the flow does
     state = final_checkpoint(result)
     assert state["starts"] == [0, 15] and state["step"] == 20

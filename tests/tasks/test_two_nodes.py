@@ -20,10 +20,12 @@ def two_node_cluster():
 
     if ray.is_initialized():
         ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    cluster.add_node(num_cpus=1)
+    # Ray waits 30 s per node by default; a busy CI machine may need longer.
+    cluster = Cluster()
+    cluster.add_node(wait=False, num_cpus=1, include_dashboard=False)
+    cluster.add_node(wait=False, num_cpus=1)
     ray.init(address=cluster.address, configure_logging=False)
-    cluster.wait_for_nodes()
+    cluster.wait_for_nodes(timeout=180)
     yield cluster
     ray.shutdown()
     cluster.shutdown()
