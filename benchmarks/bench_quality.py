@@ -37,6 +37,7 @@ comparable with published FIDs, nor across data sets; the output says so.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import tempfile
 import time
@@ -125,9 +126,19 @@ def _steps_for(dataset: str, overrides: list[str], images: np.ndarray, budget_s:
     return max(1, round(budget_s * float(np.median(rates[1:])) / (cfg.train.batch_size * cfg.train.n_dis)))
 
 
+def _save_grid(state: dict, path: Path, device: str) -> None:
+    """64 samples of a checkpoint's G_ema (the evaluation's first 64 seeds), as one PNG."""
+    from gan_model.images import make_grid, save_png
+    g = build_generator(state["generator_kwargs"])
+    g.load_state_dict(state["G_ema"])
+    save_png(make_grid(generate(g.to(device).eval(), latents_for_seeds(range(SAMPLE_SEED, SAMPLE_SEED + 64),
+                                                                         g.z_dim), 64), 8), path)
+
+
 def train_ganflow(dataset: str, overrides: list[str], images: np.ndarray, budget_s: float,
-                  device: str) -> dict[str, tuple[nn.Module, dict]]:
-    """Our loop for the steps that fill the budget; its G_ema and its G, from the final checkpoint."""
+                  device: str, grids: Path | None = None, name: str = "") -> dict[str, tuple[nn.Module, dict]]:
+    """Our loop for the steps that fill the budget; its G_ema and its G, from the final checkpoint.
+    With `grids`, a PNG of G_ema's samples at every checkpoint goes there (how they evolve)."""
     from gan_model.checkpoint import load_checkpoint
     steps = _steps_for(dataset, overrides, images, budget_s, device)
     cfg = _config(dataset, overrides, steps=steps)
@@ -136,6 +147,10 @@ def train_ganflow(dataset: str, overrides: list[str], images: np.ndarray, budget
     def report(metrics: dict, ckpt: str | None) -> None:
         if ckpt:
             last.update(load_checkpoint(ckpt))
+            if grids is not None:
+                grids.mkdir(parents=True, exist_ok=True)
+                slug = re.sub(r"[^a-z0-9]+", "-", name.removeprefix("ganflow ").lower()).strip("-")
+                _save_grid(last, grids / f"{slug}-step{last['step']:06d}.png", device)
     t0 = time.perf_counter()
     train(cfg.model, cfg.train.recipe(), RankData(images, seed=0, batch_size=cfg.train.batch_size),
           log_every=cfg.train.log_every, checkpoint_every=cfg.train.checkpoint_every, device=device,
@@ -178,8 +193,9 @@ def train_plain(dataset: str, images: np.ndarray, budget_s: float, device: str) 
 
 
 def run(budget_s: float = 300, samples: int = 2048, device: str = "cpu", batch: int = 64,
-        dataset: str = "mnist", models: tuple[str, ...] = tuple(CONTESTANTS)) -> list[dict]:
-    """The plain loop and `models` (names of CONTESTANTS), trained and scored one after the other."""
+        dataset: str = "mnist", models: tuple[str, ...] = tuple(CONTESTANTS), grids: Path | None = None) -> list[dict]:
+    """The plain loop and `models` (names of CONTESTANTS), trained and scored one after the other;
+    FID and KID rank the models, and the `grids` (when given) are there to look at."""
     from gan_model.evaluation import compare, stats_of
     from gan_model.inception import InceptionFeatures, make_random_weights
 
@@ -188,7 +204,7 @@ def run(budget_s: float = 300, samples: int = 2048, device: str = "cpu", batch: 
     trained = {PLAIN: train_plain(dataset, images, budget_s, device)}
     for name in models:
         overrides = CONTESTANTS[name]
-        nets = train_ganflow(dataset, overrides, images, budget_s, device)
+        nets = train_ganflow(dataset, overrides, images, budget_s, device, grids, name)
         trained[name] = nets["G_ema"]
         if name == "ganflow dcgan":
             trained[G_ONLY] = nets["G"]
@@ -231,8 +247,10 @@ def main(argv: list[str]) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--models", nargs="+", choices=sorted(CONTESTANTS), default=list(CONTESTANTS),
                    help="our contestants beside the plain loop (default: all)")
+    p.add_argument("--grids", type=Path, help="save a PNG of 64 G_ema samples of ours at every checkpoint here")
     a = p.parse_args(argv)
-    print("\n".join(to_markdown(run(a.budget_s, a.samples, a.device, dataset=a.dataset, models=tuple(a.models)))))
+    print("\n".join(to_markdown(run(a.budget_s, a.samples, a.device, dataset=a.dataset, models=tuple(a.models),
+                                     grids=a.grids))))
 
 
 if __name__ == "__main__":
