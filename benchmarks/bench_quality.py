@@ -189,7 +189,7 @@ def train_plain(dataset: str, images: np.ndarray, budget_s: float, device: str) 
         criterion(net_d(fake), torch.ones(b, device=device)).backward()
         opt_g.step()
         step += 1
-    return net_g.eval(), {"steps": step, "seconds": time.perf_counter() - t0}
+    return net_g.eval(), {"steps": step, "seconds": time.perf_counter() - t0, "n_dis": 1}
 
 
 def run(budget_s: float = 300, samples: int = 2048, device: str = "cpu", batch: int = 64,
@@ -219,7 +219,7 @@ def run(budget_s: float = 300, samples: int = 2048, device: str = "cpu", batch: 
             fake = generate(g, latents_for_seeds(range(SAMPLE_SEED, SAMPLE_SEED + samples), g.z_dim), batch)
             result = compare(stats_of(net, [fake], keep_features=samples), ref_stats, kid_subsets=50,
                              kid_subset_size=min(1000, samples, len(reference)))
-            d_images = info["steps"] * info.get("n_dis", 1) * 64  # real images D saw
+            d_images = info["steps"] * info["n_dis"] * 64  # real images D saw
             rows.append({"name": name, **info, "images_per_s": d_images / info["seconds"],
                          "fid": result["fid"], "kid": result["kid"], "kid_std": result["kid_std"],
                          "samples": samples, "references": len(reference), "budget_s": budget_s,

@@ -1,4 +1,5 @@
 import copy
+from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
@@ -139,11 +140,14 @@ def test_determinism_of_resnet_sngan_with_augmentation():
         assert torch.equal(a["G"][k], b["G"][k])
 
 
+@dataclass
 class RecordingData(RankData):
     """A rank's data that records which batches the loop draws."""
 
+    drawn: list[int] = field(default_factory=list, init=False)
+
     def batch(self, step):
-        self.drawn = getattr(self, "drawn", []) + [step]
+        self.drawn.append(step)
         return super().batch(step)
 
 
@@ -191,9 +195,9 @@ def test_compiled_forward_passes_compute_what_the_eager_ones_do(arch):
     # kernels on the CPU); R1's double backward stays eager. Same seed, same steps: the same losses,
     # D outputs and R1 penalties at every step, and the same D, up to the fused kernels' rounding.
     # 10-40 s of compiling on 2 cores.
+    from torch._dynamo.utils import counters
     images = random_images()
     over = {"model.architecture": arch, "train.augment": "on", "train.r1_gamma": 1.0, "train.r1_every": 2}
-    from torch._dynamo.utils import counters
     eager = _final_state(cfg_for(steps=4, **over), images)
     counters.clear()
     compiled = _final_state(cfg_for(steps=4, **over), images, compile=True)
